@@ -1,0 +1,368 @@
+package persistor
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"time"
+
+	"github.com/fernet/fernet-go"
+)
+
+// Token layout: 0x80 | timestamp (8, big endian) | IV (16) | AES-128-CBC ciphertext | HMAC-SHA256 (32),
+// all in padded URL-safe base64.
+const (
+	tokenVersion  = 0x80
+	headerLen     = 1 + 8 + aes.BlockSize
+	macLen        = sha256.Size
+	minTokenBytes = headerLen + aes.BlockSize + macLen
+	maxClockSkew  = 60 * time.Second
+
+	// Tokens up to this size go through fernet-go; larger ones through the
+	// streaming path, which needs one copy of the plaintext instead of three.
+	smallToken = 1 << 20
+)
+
+// NoTTL turns off the age check, like ttl=None in cryptography's Fernet.
+const NoTTL time.Duration = -1
+
+var (
+	// ErrInvalidToken reports a token that is malformed, was altered, or was
+	// made with another key. As in cryptography, these cases are not told apart
+	// beyond the reason in the message.
+	ErrInvalidToken = errors.New("invalid Fernet token")
+	// ErrTokenExpired reports a token older than the TTL the caller asked for.
+	ErrTokenExpired = errors.New("Fernet token has expired")
+	// ErrTokenFromFuture reports a token signed more than 60 s ahead of the
+	// local clock (checked only with a TTL, as cryptography does).
+	ErrTokenFromFuture = errors.New("Fernet token is from the future")
+)
+
+func invalid(reason string) error { return fmt.Errorf("%w: %s", ErrInvalidToken, reason) }
+
+// Encrypt returns the Fernet token of plaintext under k, timestamped now.
+func Encrypt(plaintext []byte, k *Key) ([]byte, error) {
+	if len(plaintext) <= smallToken {
+		return fernet.EncryptAndSignAtTime(plaintext, &k.k, time.Now())
+	}
+	var buf bytes.Buffer
+	buf.Grow(base64.URLEncoding.EncodedLen(headerLen + len(plaintext) + aes.BlockSize + macLen))
+	enc, err := NewEncrypter(&buf, k)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := enc.Write(plaintext); err != nil {
+		return nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Decrypt verifies token against each key in turn and returns the plaintext.
+// It accepts exactly what cryptography's Fernet.decrypt accepts: either base64
+// alphabet, whitespace anywhere, nothing after the padding. ttl is the maximum
+// age (NoTTL for none; 0 means "signed this second", as in Python).
+func Decrypt(token []byte, ttl time.Duration, keys ...*Key) ([]byte, error) {
+	return decryptAt(token, ttl, time.Now(), keys)
+}
+
+func decryptAt(token []byte, ttl time.Duration, now time.Time, keys []*Key) ([]byte, error) {
+	if len(keys) == 0 {
+		return nil, errors.New("decrypting: no key given")
+	}
+	raw, err := decodeToken(bytes.Clone(token))
+	if err != nil {
+		return nil, err
+	}
+	if err := checkToken(raw, ttl, now); err != nil {
+		return nil, err
+	}
+	if len(raw) <= smallToken {
+		// fernet-go needs the canonical text form; the checks above guarantee
+		// it cannot panic on an empty ciphertext.
+		canon := base64.URLEncoding.EncodeToString(raw)
+		fks := make([]*fernet.Key, len(keys))
+		for i, k := range keys {
+			fks[i] = &k.k
+		}
+		if msg := fernet.VerifyAndDecrypt([]byte(canon), 0, fks); msg != nil {
+			return msg, nil
+		}
+		return nil, invalid("signature or padding does not match any key (wrong key or altered token)")
+	}
+	return openInPlace(raw, keys)
+}
+
+// decodeToken turns token text into token bytes, in place. Whitespace is
+// dropped and '+' and '/' are read as '-' and '_', as Python's
+// urlsafe_b64decode does; anything else outside the alphabet is an error.
+func decodeToken(text []byte) ([]byte, error) {
+	w := 0
+	for _, c := range text {
+		switch c {
+		case ' ', '\t', '\n', '\r', '\v', '\f':
+			continue
+		case '+':
+			c = '-'
+		case '/':
+			c = '_'
+		}
+		text[w] = c
+		w++
+	}
+	text = text[:w]
+	if len(text) == 0 {
+		return nil, invalid("token is empty")
+	}
+	// Decode in chunks into a small buffer and copy down: the output never
+	// overtakes the input, so one buffer holds both.
+	var tmp [3 * 1024]byte
+	out := 0
+	for in := 0; in < len(text); {
+		end := min(in+4*1024, len(text))
+		n, err := base64.URLEncoding.Decode(tmp[:], text[in:end])
+		if err != nil {
+			var ce base64.CorruptInputError
+			if errors.As(err, &ce) {
+				return nil, invalid(fmt.Sprintf("not base64 at character %d", in+int(ce)))
+			}
+			return nil, invalid("not base64")
+		}
+		if end < len(text) && n != 3*1024 {
+			return nil, invalid("data after base64 padding")
+		}
+		copy(text[out:], tmp[:n])
+		out += n
+		in = end
+	}
+	return text[:out], nil
+}
+
+// checkToken applies cryptography's checks in its order: version, TTL, length.
+func checkToken(raw []byte, ttl time.Duration, now time.Time) error {
+	if len(raw) < 9 || raw[0] != tokenVersion {
+		return invalid("not a Fernet token (bad version byte or too short)")
+	}
+	if ttl >= 0 {
+		ts := int64(binary.BigEndian.Uint64(raw[1:9]))
+		cur := now.Unix()
+		if ts+int64(ttl/time.Second) < cur {
+			return fmt.Errorf("%w: signed at %s, TTL %s", ErrTokenExpired, time.Unix(ts, 0).UTC().Format(time.RFC3339), ttl)
+		}
+		if cur+int64(maxClockSkew/time.Second) < ts {
+			return fmt.Errorf("%w: signed at %s", ErrTokenFromFuture, time.Unix(ts, 0).UTC().Format(time.RFC3339))
+		}
+	}
+	if len(raw) < minTokenBytes || (len(raw)-headerLen-macLen)%aes.BlockSize != 0 {
+		return invalid(fmt.Sprintf("token is %d bytes, not a whole number of cipher blocks", len(raw)))
+	}
+	return nil
+}
+
+// openInPlace verifies and decrypts raw token bytes over themselves.
+func openInPlace(raw []byte, keys []*Key) ([]byte, error) {
+	body := raw[:len(raw)-macLen]
+	for _, k := range keys {
+		m := hmac.New(sha256.New, k.signing())
+		m.Write(body)
+		if subtle.ConstantTimeCompare(m.Sum(nil), raw[len(body):]) != 1 {
+			continue
+		}
+		block, err := aes.NewCipher(k.encryption())
+		if err != nil {
+			return nil, err
+		}
+		ct := body[headerLen:]
+		cipher.NewCBCDecrypter(block, body[9:headerLen]).CryptBlocks(ct, ct)
+		pad := int(ct[len(ct)-1])
+		if pad == 0 || pad > aes.BlockSize {
+			return nil, invalid("bad padding")
+		}
+		for _, c := range ct[len(ct)-pad:] {
+			if int(c) != pad {
+				return nil, invalid("bad padding")
+			}
+		}
+		return ct[:len(ct)-pad], nil
+	}
+	return nil, invalid("signature does not match any key (wrong key or altered token)")
+}
+
+// DecryptFrom reads a whole token from r and decrypts it with one buffer:
+// the plaintext is returned in the memory that held the token text, so a
+// model is held once, not three times as in cryptography. size, when known
+// (>0), is the token's length and saves regrowing the buffer.
+func DecryptFrom(r io.Reader, size int64, ttl time.Duration, keys ...*Key) ([]byte, error) {
+	if len(keys) == 0 {
+		return nil, errors.New("decrypting: no key given")
+	}
+	var text []byte
+	if size > 0 {
+		text = make([]byte, size)
+		n, err := io.ReadFull(r, text)
+		if err != nil && err != io.ErrUnexpectedEOF {
+			return nil, err
+		}
+		text = text[:n]
+		// A file that grew while being read is read to its end.
+		if rest, err := io.ReadAll(r); err != nil {
+			return nil, err
+		} else if len(rest) > 0 {
+			text = append(text, rest...)
+		}
+	} else {
+		var err error
+		if text, err = io.ReadAll(r); err != nil {
+			return nil, err
+		}
+	}
+	raw, err := decodeToken(text)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkToken(raw, ttl, time.Now()); err != nil {
+		return nil, err
+	}
+	return openInPlace(raw, keys)
+}
+
+// DecryptFile decrypts the token in the named file into memory.
+func DecryptFile(name string, ttl time.Duration, keys ...*Key) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	b, err := DecryptFrom(f, st.Size(), ttl, keys...)
+	if err != nil {
+		return nil, fmt.Errorf("decrypting %s: %w", name, err)
+	}
+	return b, nil
+}
+
+// Rotate re-encrypts token under newest, keeping its timestamp, after
+// verifying it with any of keys (newest included), like MultiFernet.rotate.
+func Rotate(token []byte, newest *Key, keys ...*Key) ([]byte, error) {
+	all := append([]*Key{newest}, keys...)
+	raw, err := decodeToken(bytes.Clone(token))
+	if err != nil {
+		return nil, err
+	}
+	if err := checkToken(raw, NoTTL, time.Now()); err != nil {
+		return nil, err
+	}
+	ts := time.Unix(int64(binary.BigEndian.Uint64(raw[1:9])), 0)
+	plain, err := openInPlace(raw, all)
+	if err != nil {
+		return nil, err
+	}
+	return fernet.EncryptAndSignAtTime(plain, &newest.k, ts)
+}
+
+// Encrypter is the streaming form of Encrypt: what is written to it comes out
+// as one Fernet token on the underlying writer. Close must be called to write
+// the signature.
+type Encrypter struct {
+	out    io.WriteCloser // base64 encoder
+	mac    hash.Hash
+	cbc    cipher.BlockMode
+	buf    []byte
+	n      int
+	closed bool
+}
+
+const encChunk = 64 << 10
+
+// NewEncrypter starts a token under k, timestamped now, on w.
+func NewEncrypter(w io.Writer, k *Key) (*Encrypter, error) {
+	var iv [aes.BlockSize]byte
+	if _, err := io.ReadFull(rand.Reader, iv[:]); err != nil {
+		return nil, err
+	}
+	return newEncrypterAt(w, k, time.Now(), iv[:])
+}
+
+func newEncrypterAt(w io.Writer, k *Key, ts time.Time, iv []byte) (*Encrypter, error) {
+	block, err := aes.NewCipher(k.encryption())
+	if err != nil {
+		return nil, err
+	}
+	e := &Encrypter{
+		out: base64.NewEncoder(base64.URLEncoding, w),
+		mac: hmac.New(sha256.New, k.signing()),
+		cbc: cipher.NewCBCEncrypter(block, iv),
+		buf: make([]byte, encChunk+aes.BlockSize),
+	}
+	var hdr [headerLen]byte
+	hdr[0] = tokenVersion
+	binary.BigEndian.PutUint64(hdr[1:9], uint64(ts.Unix()))
+	copy(hdr[9:], iv)
+	return e, e.emit(hdr[:])
+}
+
+func (e *Encrypter) emit(b []byte) error {
+	e.mac.Write(b)
+	_, err := e.out.Write(b)
+	return err
+}
+
+// Write encrypts p.
+func (e *Encrypter) Write(p []byte) (int, error) {
+	if e.closed {
+		return 0, errors.New("write to closed Encrypter")
+	}
+	written := 0
+	for len(p) > 0 {
+		c := copy(e.buf[e.n:encChunk], p)
+		e.n += c
+		p = p[c:]
+		written += c
+		if e.n == encChunk {
+			e.cbc.CryptBlocks(e.buf[:encChunk], e.buf[:encChunk])
+			if err := e.emit(e.buf[:encChunk]); err != nil {
+				return written, err
+			}
+			e.n = 0
+		}
+	}
+	return written, nil
+}
+
+// Close pads and encrypts the last block, then writes the signature and the
+// base64 padding. It does not close the underlying writer.
+func (e *Encrypter) Close() error {
+	if e.closed {
+		return nil
+	}
+	e.closed = true
+	pad := aes.BlockSize - e.n%aes.BlockSize
+	for i := 0; i < pad; i++ {
+		e.buf[e.n+i] = byte(pad)
+	}
+	n := e.n + pad
+	e.cbc.CryptBlocks(e.buf[:n], e.buf[:n])
+	if err := e.emit(e.buf[:n]); err != nil {
+		return err
+	}
+	if _, err := e.out.Write(e.mac.Sum(nil)); err != nil {
+		return err
+	}
+	return e.out.Close()
+}
