@@ -1,0 +1,197 @@
+package persistor
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// ErrPlaintextRefused reports a save that would have written plaintext
+// weights because no key was given.
+var ErrPlaintextRefused = errors.New("no key: refusing to write plaintext weights (allow it explicitly to do so)")
+
+// SecuredPersistor is the server's model store, the Go side of the seed's
+// pt_secured_model_persistor.PTSecuredModelPersistor. It fixes the seed's
+// flaws: the .pt is built and encrypted in memory and written atomically, so
+// a crash leaves the old file or the new one, never plaintext; and without a
+// key it refuses to save unless AllowPlaintext is set.
+type SecuredPersistor struct {
+	// Path is the global model file, e.g. /output/model_parameters.pt.enc.
+	Path string
+	// BestPath is the best model's file; empty means "best_" + base of Path.
+	BestPath string
+	// Key encrypts what is saved and decrypts what is loaded.
+	Key *Key
+	// AllowPlaintext lets Save write a plain .pt when Key is nil.
+	AllowPlaintext bool
+
+	// The initial model comes from the first of these that is set.
+	Preload string                     // a checkpoint file, plain or encrypted
+	Initial *StateDict                 // a state dict held in memory
+	Init    func() (*StateDict, error) // a fresh initialisation (e.g. from a model spec)
+
+	// ModelName goes into train_conf ({"train": {"model": ModelName}}).
+	ModelName string
+}
+
+// Load returns the initial model.
+func (p *SecuredPersistor) Load() (*Checkpoint, error) {
+	switch {
+	case p.Preload != "":
+		c, err := ReadCheckpointFile(p.Preload, p.Key)
+		if err != nil {
+			return nil, fmt.Errorf("loading initial model: %w", err)
+		}
+		return c, nil
+	case p.Initial != nil:
+		return &Checkpoint{Model: p.Initial, ModelName: p.ModelName}, nil
+	case p.Init != nil:
+		sd, err := p.Init()
+		if err != nil {
+			return nil, fmt.Errorf("initialising model: %w", err)
+		}
+		return &Checkpoint{Model: sd, ModelName: p.ModelName}, nil
+	}
+	return nil, errors.New("loading initial model: no preload file, state dict or initialiser given")
+}
+
+// Save writes c as the global model.
+func (p *SecuredPersistor) Save(c *Checkpoint) error { return p.save(p.Path, c) }
+
+// SaveBest writes c as the best model so far.
+func (p *SecuredPersistor) SaveBest(c *Checkpoint) error { return p.save(p.bestPath(), c) }
+
+func (p *SecuredPersistor) bestPath() string {
+	if p.BestPath != "" {
+		return p.BestPath
+	}
+	dir, base := filepath.Split(p.Path)
+	return filepath.Join(dir, "best_"+base)
+}
+
+func (p *SecuredPersistor) save(path string, c *Checkpoint) error {
+	if c.ModelName == "" {
+		cc := *c
+		cc.ModelName = p.ModelName
+		c = &cc
+	}
+	prefix := ptPrefix(path)
+	write := func(w io.Writer) error { return WritePT(w, c, PTOptions{Prefix: prefix}) }
+	if p.Key == nil {
+		if !p.AllowPlaintext {
+			return fmt.Errorf("saving %s: %w", path, ErrPlaintextRefused)
+		}
+		return WriteFileAtomic(path, 0o600, write)
+	}
+	return WriteEncrypted(path, p.Key, write)
+}
+
+// ptPrefix is the archive folder torch would use: the base name without
+// extensions.
+func ptPrefix(path string) string {
+	base := filepath.Base(path)
+	if i := strings.IndexByte(base, '.'); i > 0 {
+		base = base[:i]
+	}
+	if base == "" {
+		return "archive"
+	}
+	return base
+}
+
+// Get reads a stored model by its inventory name ("global" or "best").
+func (p *SecuredPersistor) Get(name string) (*Checkpoint, error) {
+	switch name {
+	case "global":
+		return ReadCheckpointFile(p.Path, p.Key)
+	case "best":
+		return ReadCheckpointFile(p.bestPath(), p.Key)
+	}
+	return nil, fmt.Errorf("no model named %q (have global, best)", name)
+}
+
+// ModelDescriptor describes one stored model, as NVFlare's inventory does.
+type ModelDescriptor struct {
+	Name      string
+	Location  string
+	Encrypted bool
+	Size      int64
+	ModTime   time.Time
+}
+
+// Inventory lists the stored models that exist.
+func (p *SecuredPersistor) Inventory() ([]ModelDescriptor, error) {
+	var out []ModelDescriptor
+	for _, m := range []struct{ name, path string }{{"global", p.Path}, {"best", p.bestPath()}} {
+		st, err := os.Stat(m.path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		enc, err := IsTokenFile(m.path)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, ModelDescriptor{m.name, m.path, enc, st.Size(), st.ModTime()})
+	}
+	return out, nil
+}
+
+// tokenPrefix starts every Fernet token of this era (version 0x80 and a
+// timestamp below 2^32 seconds).
+const tokenPrefix = "gAAAAA"
+
+// IsTokenFile reports whether the named file holds a Fernet token.
+func IsTokenFile(path string) (bool, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	head := make([]byte, len(tokenPrefix))
+	n, _ := io.ReadFull(f, head)
+	return IsToken(head[:n]), nil
+}
+
+// IsToken reports whether data looks like a Fernet token rather than a .pt.
+func IsToken(data []byte) bool {
+	return bytes.HasPrefix(bytes.TrimLeft(data, " \t\r\n"), []byte(tokenPrefix))
+}
+
+// ReadCheckpointFile reads a checkpoint that is either a Fernet token of a
+// .pt (decrypted in memory with k) or a plain .pt. An encrypted file without
+// a key is an error.
+func ReadCheckpointFile(path string, k *Key) (*Checkpoint, error) {
+	data, err := ReadMaybeEncrypted(path, k)
+	if err != nil {
+		return nil, err
+	}
+	c, err := DecodeCheckpoint(data)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// ReadMaybeEncrypted returns a file's content, decrypting it in memory when
+// it is a Fernet token.
+func ReadMaybeEncrypted(path string, k *Key) ([]byte, error) {
+	enc, err := IsTokenFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if !enc {
+		return os.ReadFile(path)
+	}
+	if k == nil {
+		return nil, fmt.Errorf("reading %s: file is encrypted and no key was given", path)
+	}
+	return DecryptFile(path, NoTTL, k)
+}
