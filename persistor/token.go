@@ -176,7 +176,7 @@ func checkToken(raw []byte, ttl time.Duration, now time.Time) error {
 func openInPlace(raw []byte, keys []*Key) ([]byte, error) {
 	body := raw[:len(raw)-macLen]
 	for _, k := range keys {
-		m := hmac.New(sha256.New, k.signing())
+		m := newMAC(k)
 		m.Write(body)
 		if subtle.ConstantTimeCompare(m.Sum(nil), raw[len(body):]) != 1 {
 			continue
@@ -276,6 +276,8 @@ func Rotate(token []byte, newest *Key, keys ...*Key) ([]byte, error) {
 	return fernet.EncryptAndSignAtTime(plain, &newest.k, ts)
 }
 
+func newMAC(k *Key) hash.Hash { return hmac.New(sha256.New, k.signing()) }
+
 // Encrypter is the streaming form of Encrypt: what is written to it comes out
 // as one Fernet token on the underlying writer. Close must be called to write
 // the signature.
@@ -306,7 +308,7 @@ func newEncrypterAt(w io.Writer, k *Key, ts time.Time, iv []byte) (*Encrypter, e
 	}
 	e := &Encrypter{
 		out: base64.NewEncoder(base64.URLEncoding, w),
-		mac: hmac.New(sha256.New, k.signing()),
+		mac: newMAC(k),
 		cbc: cipher.NewCBCEncrypter(block, iv),
 		buf: make([]byte, encChunk+aes.BlockSize),
 	}
