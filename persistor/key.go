@@ -37,6 +37,9 @@ func (k *Key) Encode() string { return k.k.Encode() }
 func (k *Key) String() string   { return "persistor.Key(redacted)" }
 func (k *Key) GoString() string { return k.String() }
 
+// FernetKey returns the fernet-go form of k, for code that calls fernet-go directly.
+func FernetKey(k *Key) *fernet.Key { return &k.k }
+
 func (k *Key) signing() []byte    { return k.k[:16] }
 func (k *Key) encryption() []byte { return k.k[16:] }
 

@@ -112,19 +112,18 @@ func (c *command) unseal(args []string) error {
 	write := fl.Bool("write", false, "also write each decrypted file next to it without .enc (mode 0600), as the seed did")
 	fl.StringVar(&loc.Input, "input", loc.Input, "FCP input directory (client key: INPUT/secret_run_params.json)")
 	fl.StringVar(&loc.ServerCredentials, "server-credentials", loc.ServerCredentials, "FCP server credentials directory (used first when it exists)")
+	var cmd []string
+	for i, a := range args {
+		if a == "--" {
+			args, cmd = args[:i], args[i+1:]
+			break
+		}
+	}
 	pos, err := parse(fl, args, 0, -1)
 	if err != nil {
 		return err
 	}
 	dir := "."
-	var cmd []string
-	for i, a := range pos {
-		if a == "--" {
-			cmd = pos[i+1:]
-			pos = pos[:i]
-			break
-		}
-	}
 	if len(pos) > 1 {
 		return fmt.Errorf("%w: more than one directory given", errUsage)
 	}

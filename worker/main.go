@@ -101,10 +101,6 @@ func parse(fs *flag.FlagSet, args []string, min, max int) ([]string, error) {
 		if len(args) == 0 {
 			break
 		}
-		if args[0] == "--" {
-			pos = append(pos, args...)
-			break
-		}
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
