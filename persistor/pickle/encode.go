@@ -164,14 +164,14 @@ func (e *Encoder) save(v any) error {
 	case List:
 		e.w.WriteByte(opEmptyList)
 		e.put(nil)
-		return e.batch(len(v), opAppend, opAppends, func(i int) error { return e.save(v[i]) })
+		return e.saveList(v)
 	case *Dict:
 		if e.get(v) {
 			return nil
 		}
 		e.w.WriteByte(opEmptyDict)
 		e.put(v)
-		return e.saveItems(v.Items)
+		return e.saveDictItems(v.Items)
 	case *OrderedDict:
 		if e.get(v) {
 			return nil
@@ -254,8 +254,58 @@ func (e *Encoder) saveItems(items []Item) error {
 	})
 }
 
-// batch writes n elements as CPython does: MARK ... many-op per 1000, and a
-// lone element with the single-op.
+// saveList writes a list's items as CPython's batch_list_exact does: a lone
+// item with APPEND, otherwise MARK ... APPENDS per 1000 items.
+func (e *Encoder) saveList(l List) error {
+	if len(l) == 1 {
+		if err := e.save(l[0]); err != nil {
+			return err
+		}
+		return e.w.WriteByte(opAppend)
+	}
+	for start := 0; start < len(l); start += batchSize {
+		e.w.WriteByte(opMark)
+		for _, x := range l[start:min(start+batchSize, len(l))] {
+			if err := e.save(x); err != nil {
+				return err
+			}
+		}
+		e.w.WriteByte(opAppends)
+	}
+	return nil
+}
+
+// saveDictItems writes a plain dict's items as CPython's batch_dict_exact
+// does: a lone item with SETITEM, otherwise MARK ... SETITEMS per 1000 items,
+// including the empty batch that follows a full last one.
+func (e *Encoder) saveDictItems(items []Item) error {
+	if len(items) == 0 {
+		return nil
+	}
+	if len(items) == 1 {
+		return e.saveItems(items)
+	}
+	for start := 0; ; start += batchSize {
+		end := min(start+batchSize, len(items))
+		e.w.WriteByte(opMark)
+		for _, it := range items[start:end] {
+			if err := e.save(it.Key); err != nil {
+				return err
+			}
+			if err := e.save(it.Value); err != nil {
+				return err
+			}
+		}
+		e.w.WriteByte(opSetItems)
+		if end-start < batchSize {
+			return nil
+		}
+	}
+}
+
+// batch writes n elements as CPython's iterator-based batching does (used
+// for OrderedDict): MARK ... many-op per 1000, and a lone element, first or
+// last, with the single-op.
 func (e *Encoder) batch(n int, one, many byte, elem func(int) error) error {
 	for start := 0; start < n; start += batchSize {
 		end := min(start+batchSize, n)

@@ -37,14 +37,26 @@ func TestRoundTrip(t *testing.T) {
 }
 
 func TestBatches(t *testing.T) {
-	// CPython writes SETITEMS per 1000 items and a lone item with SETITEM.
-	d := &Dict{}
+	// CPython writes an OrderedDict's items per 1000 with SETITEMS and a
+	// lone last item with SETITEM; a plain dict always ends with SETITEMS,
+	// after an empty batch when the last one was full.
+	od, d := &OrderedDict{}, &Dict{}
 	for i := 0; i < 1001; i++ {
+		od.Items = append(od.Items, Item{int64(i), nil})
 		d.Items = append(d.Items, Item{int64(i), nil})
 	}
-	b, _ := Marshal(d)
-	if bytes.Count(b, []byte{opSetItems}) < 1 || b[len(b)-2] != opSetItem {
-		t.Fatalf("batching differs from CPython: ends %x", b[len(b)-4:])
+	b, _ := Marshal(od)
+	if b[len(b)-2] != opSetItem {
+		t.Fatalf("OrderedDict batching differs from CPython: ends %x", b[len(b)-4:])
+	}
+	b, _ = Marshal(d)
+	if b[len(b)-2] != opSetItems {
+		t.Fatalf("dict batching differs from CPython: ends %x", b[len(b)-4:])
+	}
+	d.Items = d.Items[:1000]
+	b, _ = Marshal(d)
+	if !bytes.HasSuffix(b, []byte{opSetItems, opMark, opSetItems, opStop}) {
+		t.Fatalf("dict of 1000 differs from CPython: ends %x", b[len(b)-4:])
 	}
 }
 

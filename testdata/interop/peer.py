@@ -1,0 +1,131 @@
+"""Python peer for flarego's interop tests (make interop).
+
+Run with Debian's python3 (torch 1.13, cryptography, numpy). Each sub-command
+checks or produces files that the Go side checks in turn; a mismatch exits 1
+with a message.
+
+  peer.py fernet-encrypt KEYFILE IN OUT        Fernet(key).encrypt(IN) -> OUT
+  peer.py fernet-decrypt KEYFILE IN OUT        Fernet(key).decrypt(IN) -> OUT
+  peer.py pt-check PT MANIFEST                 torch.load(PT, weights_only=True) matches MANIFEST
+  peer.py pt-make DIR                          write .pt files torch-side + DIR/manifest.json
+  peer.py pickle-dumps OUT                     pickle.dumps(protocol 2) of a fixed object
+"""
+import collections
+import hashlib
+import json
+import os
+import pickle
+import sys
+
+import numpy as np
+
+
+def tensor_digest(t):
+    import torch
+    t = t.detach().contiguous()
+    if t.dtype == torch.bfloat16:
+        raw = t.view(torch.int16).numpy().tobytes()
+    else:
+        raw = t.numpy().tobytes()
+    return hashlib.sha256(raw).hexdigest()
+
+
+DTYPES = {}
+
+
+def dtype_name(dt):
+    import torch
+    return {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16",
+            torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32",
+            torch.int16: "int16", torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool"}[dt]
+
+
+def manifest_of(sd):
+    return {k: {"dtype": dtype_name(v.dtype), "shape": list(v.shape), "sha256": tensor_digest(v)}
+            for k, v in sd.items()}
+
+
+def fail(msg):
+    print("peer.py: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "fernet-encrypt" or cmd == "fernet-decrypt":
+        from cryptography.fernet import Fernet
+        key = open(args[0], "rb").read()
+        f = Fernet(key)
+        data = open(args[1], "rb").read()
+        out = f.encrypt(data) if cmd == "fernet-encrypt" else f.decrypt(data)
+        open(args[2], "wb").write(out)
+    elif cmd == "pt-check":
+        import torch
+        obj = torch.load(args[0], weights_only=True)
+        want = json.load(open(args[1]))
+        sd = obj["model"] if isinstance(obj, dict) and "model" in obj and not torch.is_tensor(obj["model"]) else obj
+        if not isinstance(sd, collections.OrderedDict):
+            fail("state dict is %s, not OrderedDict" % type(sd))
+        got = manifest_of(sd)
+        if list(got) != list(want):
+            fail("keys differ: %s vs %s" % (list(got), list(want)))
+        for k in want:
+            if got[k] != want[k]:
+                fail("%s: torch read %s, Go wrote %s" % (k, got[k], want[k]))
+        if "train_conf" in want.get("__layout__", {}):
+            pass
+        print("pt-check: %d tensors equal" % len(got))
+    elif cmd == "pt-make":
+        import torch
+        d = args[0]
+        torch.manual_seed(1)
+        man = {}
+        # every dtype, random values, including 0-dim and empty tensors
+        sd = collections.OrderedDict()
+        for name, dt in [("f32", torch.float32), ("f64", torch.float64), ("f16", torch.float16),
+                         ("bf16", torch.bfloat16)]:
+            sd[name] = torch.randn(3, 5).to(dt)
+        for name, dt in [("i64", torch.int64), ("i32", torch.int32), ("i16", torch.int16),
+                         ("i8", torch.int8), ("u8", torch.uint8)]:
+            sd[name] = torch.randint(-100 if dt != torch.uint8 else 0, 100, (4, 2), dtype=dt)
+        sd["bool"] = torch.rand(7) > 0.5
+        sd["scalar"] = torch.tensor(12345678901, dtype=torch.int64)
+        sd["empty"] = torch.zeros(0, 3)
+        torch.save(sd, os.path.join(d, "dtypes_zip.pt"))
+        torch.save(sd, os.path.join(d, "dtypes_legacy.pt"), _use_new_zipfile_serialization=False)
+        man["dtypes_zip.pt"] = manifest_of(sd)
+        man["dtypes_legacy.pt"] = manifest_of(sd)
+        # views and shared storages
+        base = torch.arange(60, dtype=torch.float32)
+        views = collections.OrderedDict()
+        views["base"] = base
+        views["slice"] = base[10:25]
+        views["t"] = base.view(6, 10).t()
+        views["strided"] = base.view(6, 10)[::2, 1::3]
+        views["expand"] = torch.tensor([1.0, 2.0]).view(2, 1).expand(2, 4)
+        for fmt, kw in [("zip", {}), ("legacy", {"_use_new_zipfile_serialization": False})]:
+            torch.save(views, os.path.join(d, "views_%s.pt" % fmt), **kw)
+            man["views_%s.pt" % fmt] = manifest_of(views)
+        # a real module's state dict, NVFlare layout, float64 counters as after aggregation
+        m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+        msd = m.state_dict()
+        torch.save({"model": msd, "train_conf": {"train": {"model": "Net"}}}, os.path.join(d, "module.pt"))
+        man["module.pt"] = manifest_of(msd)
+        json.dump(man, open(os.path.join(d, "manifest.json"), "w"), indent=1)
+    elif cmd == "pickle-dumps":
+        obj = collections.OrderedDict()
+        obj["model"] = {"a": 1, "b": [1, 2, 3], "c": (None, True, False)}
+        obj["n"] = [0, 255, 256, 65535, 65536, -1, -2 ** 31, 2 ** 31, 2 ** 40, -2 ** 70]
+        obj["s"] = "h\u00e9llo"
+        obj["d"] = {i: i for i in range(1001)}
+        obj["d1000"] = {i: None for i in range(1000)}
+        obj["l1001"] = list(range(1001))
+        obj["l1"] = ["x"]
+        obj["od1"] = collections.OrderedDict([("k", "x")])
+        open(args[0], "wb").write(pickle.dumps(obj, protocol=2))
+    else:
+        fail("unknown command " + cmd)
+
+
+if __name__ == "__main__":
+    main()
