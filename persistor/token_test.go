@@ -6,11 +6,13 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -177,9 +179,15 @@ func TestTokenTextForms(t *testing.T) {
 	raw, _ := base64.URLEncoding.DecodeString(tok)
 	std := base64.StdEncoding.EncodeToString(raw)
 	spaced := tok[:10] + " \n" + tok[10:40] + "\t" + tok[40:] + "\n"
-	for name, form := range map[string]string{"standard alphabet": std, "embedded whitespace": spaced} {
+	for name, form := range map[string]string{"standard alphabet": std, "embedded whitespace": spaced, "trailing newline": tok + "\n"} {
 		if _, err := Decrypt([]byte(form), NoTTL, k); err != nil {
 			t.Errorf("%s: %v (Python accepts it)", name, err)
+		}
+		// The streaming path, with reads split at every possible place.
+		for _, r := range []io.Reader{strings.NewReader(form), iotest.OneByteReader(strings.NewReader(form)), iotest.HalfReader(strings.NewReader(form))} {
+			if _, err := DecryptFrom(r, 0, NoTTL, k); err != nil {
+				t.Errorf("%s (streaming): %v", name, err)
+			}
 		}
 	}
 	for name, form := range map[string]string{
@@ -192,6 +200,9 @@ func TestTokenTextForms(t *testing.T) {
 	} {
 		if _, err := Decrypt([]byte(form), NoTTL, k); !errors.Is(err, ErrInvalidToken) {
 			t.Errorf("%s: err %v, want ErrInvalidToken", name, err)
+		}
+		if _, err := DecryptFrom(iotest.OneByteReader(strings.NewReader(form)), 0, NoTTL, k); !errors.Is(err, ErrInvalidToken) {
+			t.Errorf("%s (streaming): err %v, want ErrInvalidToken", name, err)
 		}
 	}
 }
