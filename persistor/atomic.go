@@ -58,6 +58,7 @@ func WriteEncrypted(name string, k *Key, write func(io.Writer) error) error {
 			return err
 		}
 		if err := write(enc); err != nil {
+			enc.Close() // stops its goroutine; the temporary file is removed
 			return err
 		}
 		return enc.Close()

@@ -1,6 +1,7 @@
 package persistor
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
@@ -465,17 +466,23 @@ func newMAC(k *Key) hash.Hash { return hmac.New(sha256.New, k.signing()) }
 
 // Encrypter is the streaming form of Encrypt: what is written to it comes out
 // as one Fernet token on the underlying writer. Close must be called to write
-// the signature.
+// the signature. Encryption (CBC, inherently serial) runs in the caller while
+// a second goroutine signs, encodes and writes the previous chunk.
 type Encrypter struct {
 	out    io.WriteCloser // base64 encoder
+	buf    *bufio.Writer  // batches the encoder's 1 KiB writes
 	mac    hash.Hash
 	cbc    cipher.BlockMode
-	buf    []byte
+	cur    []byte
 	n      int
+	free   chan []byte
+	work   chan []byte
+	done   chan error
+	err    error
 	closed bool
 }
 
-const encChunk = 64 << 10
+const encChunk = 256 << 10
 
 // NewEncrypter starts a token under k, timestamped now, on w.
 func NewEncrypter(w io.Writer, k *Key) (*Encrypter, error) {
@@ -491,23 +498,42 @@ func newEncrypterAt(w io.Writer, k *Key, ts time.Time, iv []byte) (*Encrypter, e
 	if err != nil {
 		return nil, err
 	}
+	bw := bufio.NewWriterSize(w, 512<<10)
 	e := &Encrypter{
-		out: base64.NewEncoder(base64.URLEncoding, w),
-		mac: newMAC(k),
-		cbc: cipher.NewCBCEncrypter(block, iv),
-		buf: make([]byte, encChunk+aes.BlockSize),
+		buf:  bw,
+		out:  base64.NewEncoder(base64.URLEncoding, bw),
+		mac:  newMAC(k),
+		cbc:  cipher.NewCBCEncrypter(block, iv),
+		free: make(chan []byte, 3),
+		work: make(chan []byte, 3),
+		done: make(chan error, 1),
 	}
+	for i := 0; i < 3; i++ {
+		e.free <- make([]byte, encChunk+aes.BlockSize)
+	}
+	e.cur = <-e.free
+	go e.emitter()
 	var hdr [headerLen]byte
 	hdr[0] = tokenVersion
 	binary.BigEndian.PutUint64(hdr[1:9], uint64(ts.Unix()))
 	copy(hdr[9:], iv)
-	return e, e.emit(hdr[:])
+	e.work <- hdr[:]
+	return e, nil
 }
 
-func (e *Encrypter) emit(b []byte) error {
-	e.mac.Write(b)
-	_, err := e.out.Write(b)
-	return err
+// emitter signs and writes chunks in order; after an error it drains.
+func (e *Encrypter) emitter() {
+	var err error
+	for b := range e.work {
+		if err == nil {
+			e.mac.Write(b)
+			_, err = e.out.Write(b)
+		}
+		if cap(b) == encChunk+aes.BlockSize {
+			e.free <- b
+		}
+	}
+	e.done <- err
 }
 
 // Write encrypts p.
@@ -517,15 +543,15 @@ func (e *Encrypter) Write(p []byte) (int, error) {
 	}
 	written := 0
 	for len(p) > 0 {
-		c := copy(e.buf[e.n:encChunk], p)
+		c := copy(e.cur[e.n:encChunk], p)
 		e.n += c
 		p = p[c:]
 		written += c
 		if e.n == encChunk {
-			e.cbc.CryptBlocks(e.buf[:encChunk], e.buf[:encChunk])
-			if err := e.emit(e.buf[:encChunk]); err != nil {
-				return written, err
-			}
+			e.cbc.CryptBlocks(e.cur[:encChunk], e.cur[:encChunk])
+			e.work <- e.cur[:encChunk]
+			b := <-e.free
+			e.cur = b[:cap(b)]
 			e.n = 0
 		}
 	}
@@ -536,20 +562,26 @@ func (e *Encrypter) Write(p []byte) (int, error) {
 // base64 padding. It does not close the underlying writer.
 func (e *Encrypter) Close() error {
 	if e.closed {
-		return nil
+		return e.err
 	}
 	e.closed = true
 	pad := aes.BlockSize - e.n%aes.BlockSize
 	for i := 0; i < pad; i++ {
-		e.buf[e.n+i] = byte(pad)
+		e.cur[e.n+i] = byte(pad)
 	}
 	n := e.n + pad
-	e.cbc.CryptBlocks(e.buf[:n], e.buf[:n])
-	if err := e.emit(e.buf[:n]); err != nil {
-		return err
+	e.cbc.CryptBlocks(e.cur[:n], e.cur[:n])
+	e.work <- e.cur[:n]
+	close(e.work)
+	if e.err = <-e.done; e.err != nil {
+		return e.err
 	}
-	if _, err := e.out.Write(e.mac.Sum(nil)); err != nil {
-		return err
+	if _, e.err = e.out.Write(e.mac.Sum(nil)); e.err != nil {
+		return e.err
 	}
-	return e.out.Close()
+	if e.err = e.out.Close(); e.err != nil {
+		return e.err
+	}
+	e.err = e.buf.Flush()
+	return e.err
 }

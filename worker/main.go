@@ -23,6 +23,9 @@ Keys and files:
   unseal [DIR] [-- CMD ARGS...]   check every *.enc under DIR against the FCP key, then run CMD
   pt inspect FILE [--key-file K]  list the tensors of a .pt or encrypted .pt
 
+Measurements:
+  bench persist [--cases ...]     encrypted save and load, side by side with Python (torch + cryptography)
+
 KEYFILE is a raw key file or a secret_run_params.json ({"key": "..."}).
 Run 'flarego COMMAND -h' for a command's flags.
 `
@@ -50,6 +53,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"decrypt": c.decrypt,
 		"unseal":  c.unseal,
 		"pt":      c.pt,
+		"bench":   c.bench,
 	}
 	name := args[0]
 	if name == "-h" || name == "--help" || name == "help" {
