@@ -56,15 +56,6 @@ func (d DType) String() string {
 // Size is the number of bytes of one element.
 func (d DType) Size() int { return dtypeInfo[d].size }
 
-func dtypeOfStorage(name string) (DType, bool) {
-	for d, info := range dtypeInfo {
-		if info.storage == name {
-			return DType(d), true
-		}
-	}
-	return 0, false
-}
-
 // A Tensor is a dense, contiguous, row-major array of little-endian elements.
 // Data may alias the buffer a file was read into; treat it as read-only
 // unless you made the tensor.

@@ -44,10 +44,10 @@ var (
 	// beyond the reason in the message.
 	ErrInvalidToken = errors.New("invalid Fernet token")
 	// ErrTokenExpired reports a token older than the TTL the caller asked for.
-	ErrTokenExpired = errors.New("Fernet token has expired")
+	ErrTokenExpired = errors.New("expired Fernet token")
 	// ErrTokenFromFuture reports a token signed more than 60 s ahead of the
 	// local clock (checked only with a TTL, as cryptography does).
-	ErrTokenFromFuture = errors.New("Fernet token is from the future")
+	ErrTokenFromFuture = errors.New("future-dated Fernet token")
 )
 
 func invalid(reason string) error { return fmt.Errorf("%w: %s", ErrInvalidToken, reason) }

@@ -97,7 +97,7 @@ func runChild(name string, args ...string) (float64, float64, error) {
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		return 0, 0, fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, errb.String())
+		return 0, 0, fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
 	}
 	var r struct{ Seconds float64 }
 	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
@@ -202,7 +202,7 @@ func (c *command) bench(args []string) error {
 // benchChild performs one operation and prints its time as JSON.
 func (c *command) benchChild(args []string) error {
 	if len(args) < 3 {
-		return fmt.Errorf("%w: bench --child OP ...", errUsage)
+		return fmt.Errorf("%w: want bench --child OP ARGS", errUsage)
 	}
 	k, err := persistor.ReadKeyFile(args[2])
 	if err != nil {

@@ -1,0 +1,65 @@
+# flarego — see README.md. Every target works on a fresh Debian machine with Go 1.26.
+GO        ?= go
+PYTHON    ?= /usr/bin/python3
+BIN       := bin/flarego
+FUZZTIME  ?= 10s
+# Debian packages the interop checks run against (the real peers).
+PY_DEBS   := python3-torch python3-torchvision python3-cryptography python3-numpy
+
+.PHONY: all build test fuzz interop python-peers bench demo proto lint clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN) ./worker
+
+# Unit tests, command-line script tests, the race detector, then each fuzz
+# target briefly.
+test:
+	$(GO) vet ./...
+	$(GO) test ./...
+	$(GO) test -race ./persistor/...
+	$(MAKE) --no-print-directory fuzz
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodePT$$' -fuzztime $(FUZZTIME) ./persistor
+	$(GO) test -run '^$$' -fuzz '^FuzzDecrypt$$' -fuzztime $(FUZZTIME) ./persistor
+	$(GO) test -run '^$$' -fuzz '^FuzzUnpickle$$' -fuzztime $(FUZZTIME) ./persistor/pickle
+
+# Installs the Python peers with apt when they are missing.
+python-peers:
+	@if $(PYTHON) -c 'import torch, torchvision, cryptography, numpy' 2>/dev/null; then \
+		echo "python peers: present ($$($(PYTHON) -c 'import torch, cryptography; print("torch", torch.__version__, "cryptography", cryptography.__version__)'))"; \
+	else \
+		echo "python peers: installing $(PY_DEBS) with apt-get"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(PY_DEBS) >/dev/null; \
+		$(PYTHON) -c 'import torch, cryptography, numpy'; \
+	fi
+
+# Cross-checks against the real peers: Python's cryptography and torch 1.13.
+interop: python-peers
+	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -run Interop -v ./... 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|\s+interop)' ; \
+	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 ./...
+
+bench: build python-peers
+	$(GO) test -run '^$$' -bench . -benchtime 5x ./persistor
+	$(BIN) bench persist --python $(PYTHON)
+
+demo: build
+	./scripts/demo.sh
+
+# Regenerates the gRPC code from proto/*.proto (none yet).
+proto:
+	@if ls proto/*.proto >/dev/null 2>&1; then \
+		protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative proto/*.proto; \
+	else echo "proto: no .proto files yet"; fi
+
+lint:
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+	$(GO) vet -tags interop ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+clean:
+	rm -rf bin
