@@ -39,8 +39,7 @@ python-peers:
 
 # Cross-checks against the real peers: Python's cryptography and torch 1.13.
 interop: python-peers
-	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -run Interop -v ./... 2>&1 | grep -E '^(=== RUN|--- |PASS|FAIL|ok|\s+interop)' ; \
-	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 ./...
+	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -v -run Interop ./persistor
 
 bench: build python-peers
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./persistor

@@ -290,3 +290,46 @@ func TestBadPT(t *testing.T) {
 		t.Errorf("corrupt record: %v", err)
 	}
 }
+
+// torch 2.x loads with weights_only=True by default. Its unpickler
+// (torch/_weights_only_unpickler.py) accepts only these opcodes and, among
+// what we write, these globals; everything WritePT emits must stay inside.
+func TestWrittenPickleStaysInsideTorch2WeightsOnly(t *testing.T) {
+	allowedOps := map[byte]bool{}
+	for _, op := range []byte("c\x81Rbaesu(t\x85\x86\x87N\x89\x88)]}\x8fQJKMGhjqrXU\x8a\x80.") {
+		allowedOps[op] = true
+	}
+	allowedGlobals := map[string]bool{"collections.OrderedDict": true, "torch._utils._rebuild_tensor_v2": true}
+	for _, info := range dtypeInfo {
+		allowedGlobals["torch."+info.storage] = true
+	}
+	sd := decodeFixture(t, "sd_module.pt").Model // with _metadata, so BUILD is exercised
+	for dt := Float32; dt < numDTypes; dt++ {
+		tn, _ := NewTensor(dt, 2)
+		sd.Set("x_"+dt.String(), tn)
+	}
+	var buf bytes.Buffer
+	ck := &Checkpoint{Model: sd, MetaProps: &pickle.Dict{Items: []pickle.Item{{Key: "current_round", Value: 1 << 40}}}}
+	if err := WritePT(&buf, ck, PTOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	zr, _ := zip.NewReader(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	var pkl []byte
+	for _, f := range zr.File {
+		if strings.HasSuffix(f.Name, "/data.pkl") {
+			pkl, _ = record(buf.Bytes(), f)
+		}
+	}
+	_, err := pickle.Walk(pkl, len(pkl), func(op byte, g *pickle.Global) error {
+		if !allowedOps[op] {
+			return fmt.Errorf("opcode %q", op)
+		}
+		if g != nil && !allowedGlobals[g.String()] {
+			return fmt.Errorf("global %s", g)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("torch 2.x weights_only would refuse: %v", err)
+	}
+}

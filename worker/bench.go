@@ -64,14 +64,18 @@ func randomStateDict(name string) (*persistor.StateDict, error) {
 				return nil, err
 			}
 		}
-	case "256MB":
-		for i := 0; i < 16; i++ {
+	case "256MB", "2GB":
+		n := 16
+		if name == "2GB" {
+			n = 128
+		}
+		for i := 0; i < n; i++ {
 			if err := add(fmt.Sprintf("layer%d.weight", i), persistor.Float32, 4096, 1024); err != nil {
 				return nil, err
 			}
 		}
 	default:
-		return nil, fmt.Errorf("unknown bench case %q (have pneumonia, 256MB)", name)
+		return nil, fmt.Errorf("unknown bench case %q (have pneumonia, 256MB, 2GB)", name)
 	}
 	return sd, nil
 }
@@ -118,7 +122,7 @@ func (c *command) bench(args []string) error {
 		return fmt.Errorf("%w: want 'bench persist [flags]'", errUsage)
 	}
 	fs := c.flags("bench persist", "[--cases pneumonia,256MB] [--repeat N] [--python PATH]")
-	cases := fs.String("cases", "pneumonia,256MB", "state dicts to save and load")
+	cases := fs.String("cases", "pneumonia,256MB", "state dicts to save and load: pneumonia, 256MB, 2GB")
 	repeat := fs.Int("repeat", 3, "runs per measurement (the median is reported)")
 	python := fs.String("python", "/usr/bin/python3", "Python with torch and cryptography, for the side-by-side ('' to skip)")
 	if _, err := parse(fs, args[1:], 0, 0); err != nil {

@@ -219,6 +219,17 @@ func init() {
 // GLOBAL or INST; it returns the pickle's length (through STOP). STACK_GLOBAL
 // names are checked when the objects are built.
 func Scan(data []byte, max int, allowed func(Global) bool) (int, error) {
+	return Walk(data, max, func(op byte, g *Global) error {
+		if g != nil && (allowed == nil || !allowed(*g)) {
+			return fmt.Errorf("%w: %s", ErrForbidden, g)
+		}
+		return nil
+	})
+}
+
+// Walk is Scan with a callback for each opcode (and the global it names, for
+// GLOBAL and INST); an error from visit stops the walk.
+func Walk(data []byte, max int, visit func(op byte, g *Global) error) (int, error) {
 	if len(data) > max {
 		data = data[:max]
 	}
@@ -252,6 +263,11 @@ func Scan(data []byte, max int, allowed func(Global) bool) (int, error) {
 		at := p
 		p++
 		info := ops[op]
+		if info.kind != argLine2 && info.kind != argUnknown {
+			if err := visit(op, nil); err != nil {
+				return 0, fmt.Errorf("%w (at byte %d)", err, at)
+			}
+		}
 		switch info.kind {
 		case argUnknown:
 			return 0, fmt.Errorf("pickle: unknown opcode 0x%02x at byte %d", op, at)
@@ -308,8 +324,9 @@ func Scan(data []byte, max int, allowed func(Global) bool) (int, error) {
 			if err != nil {
 				return 0, err
 			}
-			if g := (Global{mod, name}); allowed == nil || !allowed(g) {
-				return 0, fmt.Errorf("%w: %s (at byte %d)", ErrForbidden, g, at)
+			g := Global{mod, name}
+			if err := visit(op, &g); err != nil {
+				return 0, fmt.Errorf("%w (at byte %d)", err, at)
 			}
 		}
 	}
