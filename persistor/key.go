@@ -48,17 +48,7 @@ func (k *Key) encryption() []byte { return k.k[16:] }
 // anywhere ignored. Unlike fernet-go it refuses hex keys, which Python refuses.
 // Errors never include the key text.
 func ParseKey(s string) (*Key, error) {
-	s = strings.Map(func(r rune) rune {
-		switch r {
-		case ' ', '\t', '\n', '\r', '\v', '\f':
-			return -1
-		case '+':
-			return '-'
-		case '/':
-			return '_'
-		}
-		return r
-	}, s)
+	s = string(appendNormalized(nil, []byte(s)))
 	if s == "" {
 		return nil, errors.New("key is empty")
 	}

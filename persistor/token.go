@@ -111,20 +111,7 @@ func decryptAt(token []byte, ttl time.Duration, now time.Time, keys []*Key) ([]b
 // dropped and '+' and '/' are read as '-' and '_', as Python's
 // urlsafe_b64decode does; anything else outside the alphabet is an error.
 func decodeToken(text []byte) ([]byte, error) {
-	w := 0
-	for _, c := range text {
-		switch c {
-		case ' ', '\t', '\n', '\r', '\v', '\f':
-			continue
-		case '+':
-			c = '-'
-		case '/':
-			c = '_'
-		}
-		text[w] = c
-		w++
-	}
-	text = text[:w]
+	text = appendNormalized(text[:0], text)
 	if len(text) == 0 {
 		return nil, invalid("token is empty")
 	}
@@ -291,21 +278,8 @@ func (d *tokenDecoder) write(text []byte) error {
 			return nil
 		}
 	}
-	{
-		d.norm = d.norm[:0]
-		for _, c := range text {
-			switch c {
-			case ' ', '\t', '\n', '\r', '\v', '\f':
-				continue
-			case '+':
-				c = '-'
-			case '/':
-				c = '_'
-			}
-			d.norm = append(d.norm, c)
-		}
-		text = d.norm
-	}
+	d.norm = appendNormalized(d.norm[:0], text)
+	text = d.norm
 	d.read += len(text)
 	if len(text) == 0 {
 		return nil
@@ -331,6 +305,24 @@ func (d *tokenDecoder) write(text []byte) error {
 	}
 	d.nc = copy(d.carry[:], text[whole:])
 	return nil
+}
+
+// appendNormalized appends src to dst as Python's urlsafe_b64decode reads
+// it: whitespace dropped, '+' and '/' taken as '-' and '_'. dst may be
+// src[:0], since the writes never overtake the reads.
+func appendNormalized(dst, src []byte) []byte {
+	for _, c := range src {
+		switch c {
+		case ' ', '\t', '\n', '\r', '\v', '\f':
+			continue
+		case '+':
+			c = '-'
+		case '/':
+			c = '_'
+		}
+		dst = append(dst, c)
+	}
+	return dst
 }
 
 // urlSafe reports whether b holds only URL-safe base64 characters.

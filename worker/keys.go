@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -39,13 +40,7 @@ func (c *command) keygen(args []string) error {
 }
 
 func (c *command) encrypt(args []string) error {
-	fs := c.flags("encrypt", "IN KEYFILE OUT")
-	pos, err := parse(fs, args, 3, 3)
-	if err != nil {
-		return err
-	}
-	in, keyFile, out := pos[0], pos[1], pos[2]
-	k, err := persistor.ReadKeyFile(keyFile)
+	in, k, out, err := inKeyOut(c.flags("encrypt", "IN KEYFILE OUT"), args)
 	if err != nil {
 		return err
 	}
@@ -72,15 +67,20 @@ func (c *command) encrypt(args []string) error {
 	return nil
 }
 
+// inKeyOut parses IN KEYFILE OUT and loads the key.
+func inKeyOut(fs *flag.FlagSet, args []string) (in string, k *persistor.Key, out string, err error) {
+	pos, err := parse(fs, args, 3, 3)
+	if err != nil {
+		return "", nil, "", err
+	}
+	k, err = persistor.ReadKeyFile(pos[1])
+	return pos[0], k, pos[2], err
+}
+
 func (c *command) decrypt(args []string) error {
 	fs := c.flags("decrypt", "[--ttl DURATION] IN KEYFILE OUT")
 	ttl := fs.Duration("ttl", persistor.NoTTL, "refuse tokens older than this, or signed over 60s in the future (default: no age check)")
-	pos, err := parse(fs, args, 3, 3)
-	if err != nil {
-		return err
-	}
-	in, keyFile, out := pos[0], pos[1], pos[2]
-	k, err := persistor.ReadKeyFile(keyFile)
+	in, k, out, err := inKeyOut(fs, args)
 	if err != nil {
 		return err
 	}

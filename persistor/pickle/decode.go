@@ -105,31 +105,21 @@ func convert(v any, depth int) (any, error) {
 	case *types.Dict:
 		d := &Dict{Items: make([]Item, 0, len(*v))}
 		for _, e := range *v {
-			k, err := convert(e.Key, depth+1)
-			if err != nil {
+			if err := d.appendConverted(e.Key, e.Value, depth); err != nil {
 				return nil, err
 			}
-			val, err := convert(e.Value, depth+1)
-			if err != nil {
-				return nil, err
-			}
-			d.Items = append(d.Items, Item{k, val})
 		}
 		return d, nil
 	case *types.OrderedDict:
-		d := &OrderedDict{Items: make([]Item, 0, v.Len())}
+		d := &OrderedDict{}
+		od := &Dict{Items: make([]Item, 0, v.Len())}
 		for el := v.List.Front(); el != nil; el = el.Next() {
 			e := el.Value.(*types.OrderedDictEntry)
-			k, err := convert(e.Key, depth+1)
-			if err != nil {
+			if err := od.appendConverted(e.Key, e.Value, depth); err != nil {
 				return nil, err
 			}
-			val, err := convert(e.Value, depth+1)
-			if err != nil {
-				return nil, err
-			}
-			d.Items = append(d.Items, Item{k, val})
 		}
+		d.Items = od.Items
 		if len(v.PyDict) > 0 {
 			names := make([]string, 0, len(v.PyDict))
 			for k := range v.PyDict {
@@ -151,6 +141,19 @@ func convert(v any, depth int) (any, error) {
 		return nil, fmt.Errorf("pickle: unsupported object %T", v)
 	}
 	return v, nil
+}
+
+func (d *Dict) appendConverted(key, value any, depth int) error {
+	k, err := convert(key, depth+1)
+	if err != nil {
+		return err
+	}
+	val, err := convert(value, depth+1)
+	if err != nil {
+		return err
+	}
+	d.Items = append(d.Items, Item{k, val})
+	return nil
 }
 
 func convertSlice(s []any, depth int) (Tuple, error) {
