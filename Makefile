@@ -39,7 +39,7 @@ python-peers:
 
 # Cross-checks against the real peers: Python's cryptography and torch 1.13.
 interop: python-peers
-	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -v -run Interop ./persistor
+	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -v -run Interop ./persistor ./model
 
 bench: build python-peers
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./persistor

@@ -9,6 +9,8 @@ with a message.
   peer.py pt-check PT MANIFEST                 torch.load(PT, weights_only=True) matches MANIFEST
   peer.py pt-make DIR                          write .pt files torch-side + DIR/manifest.json
   peer.py pickle-dumps OUT                     pickle.dumps(protocol 2) of a fixed object
+  peer.py model-forward SD.pt X.pt OUT.pt MODE  PneumoniaModel logits (MODE eval|train) and, in train mode, the new state dict
+  peer.py model-step SD.pt X.pt Y.pt LR OUT.pt  one Adam step with CrossEntropyLoss; saves loss, logits and the new state dict
 """
 import collections
 import hashlib
@@ -48,6 +50,42 @@ def manifest_of(sd):
 def fail(msg):
     print("peer.py: " + msg, file=sys.stderr)
     sys.exit(1)
+
+
+def pneumonia_model():
+    """The seed's network.py PneumoniaModel, as seed-behaviour.md describes it."""
+    import torch.nn as nn
+
+    class PneumoniaModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 12, kernel_size=3, stride=1, padding=1)
+            self.bn1 = nn.BatchNorm2d(12)
+            self.relu1 = nn.ReLU()
+            self.pool = nn.MaxPool2d(kernel_size=2)
+            self.conv2 = nn.Conv2d(12, 20, kernel_size=3, stride=1, padding=1)
+            self.relu2 = nn.ReLU()
+            self.conv3 = nn.Conv2d(20, 32, kernel_size=3, stride=1, padding=1)
+            self.bn3 = nn.BatchNorm2d(32)
+            self.relu3 = nn.ReLU()
+            self.fc = nn.Linear(32 * 112 * 112, 2)
+
+        def forward(self, x):
+            x = self.pool(self.relu1(self.bn1(self.conv1(x))))
+            x = self.relu2(self.conv2(x))
+            x = self.relu3(self.bn3(self.conv3(x)))
+            return self.fc(x.view(x.size(0), -1))
+
+    return PneumoniaModel()
+
+
+def load_model(path):
+    import torch
+    obj = torch.load(path, weights_only=True)
+    sd = obj["model"] if "model" in obj else obj
+    m = pneumonia_model()
+    m.load_state_dict(sd, strict=True)
+    return m
 
 
 def main():
@@ -123,6 +161,39 @@ def main():
         obj["l1"] = ["x"]
         obj["od1"] = collections.OrderedDict([("k", "x")])
         open(args[0], "wb").write(pickle.dumps(obj, protocol=2))
+    elif cmd == "model-forward":
+        import torch
+        torch.set_num_threads(2)
+        m = load_model(args[0])
+        x = torch.load(args[1], weights_only=True)["x"]
+        if args[3] == "train":
+            m.train()
+        else:
+            m.eval()
+        with torch.no_grad():
+            logits = m(x)
+        out = collections.OrderedDict(logits=logits.contiguous())
+        out["state"] = m.state_dict()
+        torch.save(out, args[2])
+    elif cmd == "model-step":
+        import torch
+        torch.set_num_threads(2)
+        m = load_model(args[0])
+        d = torch.load(args[1], weights_only=True)
+        x, y = d["x"], d["y"]
+        lr = float(args[3])
+        opt = torch.optim.Adam(m.parameters(), lr=lr)
+        m.train()
+        opt.zero_grad()
+        logits = m(x)
+        loss = torch.nn.CrossEntropyLoss()(logits, y)
+        loss.backward()
+        grads = collections.OrderedDict((n, p.grad.clone()) for n, p in m.named_parameters())
+        opt.step()
+        out = collections.OrderedDict(loss=loss.detach().reshape(1), logits=logits.detach().contiguous())
+        out["state"] = m.state_dict()
+        out["grads"] = grads
+        torch.save(out, args[4])
     else:
         fail("unknown command " + cmd)
 

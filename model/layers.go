@@ -1,0 +1,403 @@
+package model
+
+import "math"
+
+// conv is Conv2d as im2col + matrix product, one image per task.
+type conv struct {
+	w, b           *Param32
+	cin, h, wd     int // input
+	cout, ho, wo   int // output
+	k, stride, pad int
+	kk             int       // cin*k*k
+	cols           []float32 // per image: kk × ho*wo (kept for backward)
+	y, dx          []float32
+	dcols          [][]float32 // per worker: kk × ho*wo
+	wt             []float32   // wᵀ, for dcols
+	dwPart         [][]float32 // per worker partial dW
+	needDX         bool
+}
+
+func newConv(w, b *Param32, in, out []int, k, stride, pad, maxBatch int, needDX bool) *conv {
+	c := &conv{w: w, b: b, cin: in[0], h: in[1], wd: in[2], cout: out[0], ho: out[1], wo: out[2],
+		k: k, stride: stride, pad: pad, needDX: needDX}
+	c.kk = c.cin * k * k
+	hw := c.ho * c.wo
+	c.cols = make([]float32, maxBatch*c.kk*hw)
+	c.y = make([]float32, maxBatch*c.cout*hw)
+	for i := 0; i < workers; i++ {
+		c.dwPart = append(c.dwPart, make([]float32, len(w.W)))
+		if needDX {
+			c.dcols = append(c.dcols, make([]float32, c.kk*hw))
+		}
+	}
+	if needDX {
+		c.dx = make([]float32, maxBatch*c.cin*c.h*c.wd)
+		c.wt = make([]float32, len(w.W))
+	}
+	return c
+}
+
+func (c *conv) forward(x []float32, n int, train bool) []float32 {
+	hw := c.ho * c.wo
+	in := c.cin * c.h * c.wd
+	parallelFor(n, func(i int) {
+		cols := c.cols[i*c.kk*hw : (i+1)*c.kk*hw]
+		im2col(x[i*in:(i+1)*in], cols, c.cin, c.h, c.wd, c.k, c.stride, c.pad, c.ho, c.wo)
+		y := c.y[i*c.cout*hw : (i+1)*c.cout*hw]
+		for o := 0; o < c.cout; o++ {
+			fill(y[o*hw:(o+1)*hw], c.b.W[o])
+		}
+		sgemmNN(c.cout, hw, c.kk, c.w.W, cols, y)
+	})
+	return c.y[:n*c.cout*hw]
+}
+
+func (c *conv) backward(dy []float32, n int) []float32 {
+	hw := c.ho * c.wo
+	in := c.cin * c.h * c.wd
+	if c.needDX {
+		transpose(c.w.W, c.wt, c.cout, c.kk)
+	}
+	for _, p := range c.dwPart {
+		clear(p)
+	}
+	// Work is split by worker so that each owns its partial dW and dcols.
+	var next = make(chan int, n)
+	for i := 0; i < n; i++ {
+		next <- i
+	}
+	close(next)
+	parallelFor(min(workers, n), func(wk int) {
+		dw := c.dwPart[wk]
+		for i := range next {
+			d := dy[i*c.cout*hw : (i+1)*c.cout*hw]
+			sgemmNT(c.cout, c.kk, hw, d, c.cols[i*c.kk*hw:(i+1)*c.kk*hw], dw)
+			if c.needDX {
+				dcols := c.dcols[wk]
+				clear(dcols)
+				sgemmNN(c.kk, hw, c.cout, c.wt, d, dcols)
+				col2im(dcols, c.dx[i*in:(i+1)*in], c.cin, c.h, c.wd, c.k, c.stride, c.pad, c.ho, c.wo)
+			}
+		}
+	})
+	for _, p := range c.dwPart {
+		for j, v := range p {
+			c.w.G[j] += v
+		}
+	}
+	for i := 0; i < n; i++ {
+		for o := 0; o < c.cout; o++ {
+			var s float32
+			for _, v := range dy[(i*c.cout+o)*hw : (i*c.cout+o+1)*hw] {
+				s += v
+			}
+			c.b.G[o] += s
+		}
+	}
+	if !c.needDX {
+		return nil
+	}
+	return c.dx[:n*in]
+}
+
+// im2col lays out each k×k patch of x (cin×h×w) as a column: row
+// (ci*k+ky)*k+kx, column oy*wo+ox.
+func im2col(x, cols []float32, cin, h, w, k, stride, pad, ho, wo int) {
+	for ci := 0; ci < cin; ci++ {
+		for ky := 0; ky < k; ky++ {
+			for kx := 0; kx < k; kx++ {
+				row := cols[((ci*k+ky)*k+kx)*ho*wo:]
+				for oy := 0; oy < ho; oy++ {
+					iy := oy*stride - pad + ky
+					dst := row[oy*wo : (oy+1)*wo]
+					if iy < 0 || iy >= h {
+						clear(dst)
+						continue
+					}
+					src := x[(ci*h+iy)*w:]
+					if stride == 1 {
+						// ix = ox - pad + kx, valid for ox in [lo, hi)
+						lo, hi := max(0, pad-kx), min(wo, w+pad-kx)
+						clear(dst[:max(lo, 0)])
+						if hi > lo {
+							copy(dst[lo:hi], src[lo-pad+kx:hi-pad+kx])
+						}
+						if hi < wo {
+							clear(dst[max(hi, 0):])
+						}
+						continue
+					}
+					for ox := 0; ox < wo; ox++ {
+						ix := ox*stride - pad + kx
+						if ix < 0 || ix >= w {
+							dst[ox] = 0
+						} else {
+							dst[ox] = src[ix]
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// col2im is im2col's adjoint: it sums columns back into dx (overwriting dx).
+func col2im(cols, dx []float32, cin, h, w, k, stride, pad, ho, wo int) {
+	clear(dx)
+	for ci := 0; ci < cin; ci++ {
+		for ky := 0; ky < k; ky++ {
+			for kx := 0; kx < k; kx++ {
+				row := cols[((ci*k+ky)*k+kx)*ho*wo:]
+				for oy := 0; oy < ho; oy++ {
+					iy := oy*stride - pad + ky
+					if iy < 0 || iy >= h {
+						continue
+					}
+					src := row[oy*wo : (oy+1)*wo]
+					dst := dx[(ci*h+iy)*w:]
+					for ox := 0; ox < wo; ox++ {
+						ix := ox*stride - pad + kx
+						if ix >= 0 && ix < w {
+							dst[ix] += src[ox]
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+func transpose(a, at []float32, rows, cols int) {
+	for i := 0; i < rows; i++ {
+		for j := 0; j < cols; j++ {
+			at[j*rows+i] = a[i*cols+j]
+		}
+	}
+}
+
+// batchNorm is BatchNorm2d with PyTorch's semantics: batch statistics in
+// training (running variance updated with the unbiased variance), running
+// statistics in evaluation.
+type batchNorm struct {
+	g, b        *Param32
+	rm, rv      []float32
+	nbt         []int64
+	c, hw       int
+	eps, mom    float64
+	y, xhat, dx []float32
+	invstd      []float32
+}
+
+func newBatchNorm(g, b *Param32, rm, rv []float32, nbt []int64, in []int, maxBatch int, eps, mom float64) *batchNorm {
+	size := maxBatch * in[0] * in[1] * in[2]
+	return &batchNorm{g: g, b: b, rm: rm, rv: rv, nbt: nbt, c: in[0], hw: in[1] * in[2], eps: eps, mom: mom,
+		y: make([]float32, size), xhat: make([]float32, size), dx: make([]float32, size), invstd: make([]float32, in[0])}
+}
+
+func (bn *batchNorm) forward(x []float32, n int, train bool) []float32 {
+	y := bn.y[:n*bn.c*bn.hw]
+	if train {
+		bn.nbt[0]++
+	}
+	parallelFor(bn.c, func(c int) {
+		var mean, invstd float64
+		if train {
+			var s float64
+			for i := 0; i < n; i++ {
+				for _, v := range x[(i*bn.c+c)*bn.hw : (i*bn.c+c+1)*bn.hw] {
+					s += float64(v)
+				}
+			}
+			cnt := float64(n * bn.hw)
+			mean = s / cnt
+			var ss float64
+			for i := 0; i < n; i++ {
+				for _, v := range x[(i*bn.c+c)*bn.hw : (i*bn.c+c+1)*bn.hw] {
+					d := float64(v) - mean
+					ss += d * d
+				}
+			}
+			variance := ss / cnt
+			invstd = 1 / math.Sqrt(variance+bn.eps)
+			unbiased := variance
+			if cnt > 1 {
+				unbiased = ss / (cnt - 1)
+			}
+			bn.rm[c] = float32((1-bn.mom)*float64(bn.rm[c]) + bn.mom*mean)
+			bn.rv[c] = float32((1-bn.mom)*float64(bn.rv[c]) + bn.mom*unbiased)
+			bn.invstd[c] = float32(invstd)
+		} else {
+			mean = float64(bn.rm[c])
+			invstd = 1 / math.Sqrt(float64(bn.rv[c])+bn.eps)
+		}
+		m, is, g, b := float32(mean), float32(invstd), bn.g.W[c], bn.b.W[c]
+		for i := 0; i < n; i++ {
+			off := (i*bn.c + c) * bn.hw
+			xs, ys, xh := x[off:off+bn.hw], y[off:off+bn.hw], bn.xhat[off:off+bn.hw]
+			for j, v := range xs {
+				h := (v - m) * is
+				xh[j] = h
+				ys[j] = h*g + b
+			}
+		}
+	})
+	return y
+}
+
+func (bn *batchNorm) backward(dy []float32, n int) []float32 {
+	dx := bn.dx[:n*bn.c*bn.hw]
+	parallelFor(bn.c, func(c int) {
+		var dg, db float64
+		for i := 0; i < n; i++ {
+			off := (i*bn.c + c) * bn.hw
+			xh := bn.xhat[off : off+bn.hw]
+			for j, d := range dy[off : off+bn.hw] {
+				dg += float64(d * xh[j])
+				db += float64(d)
+			}
+		}
+		bn.g.G[c] += float32(dg)
+		bn.b.G[c] += float32(db)
+		// dx = γ·invstd·(dy - mean(dy) - x̂·mean(dy·x̂)), the means in float64
+		// so that no large terms cancel in float32.
+		cnt := float64(n * bn.hw)
+		k := bn.g.W[c] * bn.invstd[c]
+		mdb, mdg := float32(db/cnt), float32(dg/cnt)
+		for i := 0; i < n; i++ {
+			off := (i*bn.c + c) * bn.hw
+			xh := bn.xhat[off : off+bn.hw]
+			for j, d := range dy[off : off+bn.hw] {
+				dx[off+j] = k * (d - mdb - xh[j]*mdg)
+			}
+		}
+	})
+	return dx
+}
+
+type relu struct {
+	size  int
+	y, dx []float32
+}
+
+func newReLU(size, maxBatch int) *relu {
+	return &relu{size: size, y: make([]float32, size*maxBatch), dx: make([]float32, size*maxBatch)}
+}
+
+func (r *relu) forward(x []float32, n int, train bool) []float32 {
+	y := r.y[:n*r.size]
+	for i, v := range x[:n*r.size] {
+		y[i] = max(v, 0)
+	}
+	return y
+}
+
+func (r *relu) backward(dy []float32, n int) []float32 {
+	dx := r.dx[:n*r.size]
+	for i, v := range r.y[:n*r.size] {
+		if v > 0 {
+			dx[i] = dy[i]
+		} else {
+			dx[i] = 0
+		}
+	}
+	return dx
+}
+
+// maxPool is MaxPool2d; it remembers where each maximum came from.
+type maxPool struct {
+	c, h, w, ho, wo, k, stride int
+	y, dx                      []float32
+	arg                        []int32
+}
+
+func newMaxPool(in, out []int, k, stride, maxBatch int) *maxPool {
+	return &maxPool{c: in[0], h: in[1], w: in[2], ho: out[1], wo: out[2], k: k, stride: stride,
+		y: make([]float32, maxBatch*out[0]*out[1]*out[2]), arg: make([]int32, maxBatch*out[0]*out[1]*out[2]),
+		dx: make([]float32, maxBatch*in[0]*in[1]*in[2])}
+}
+
+func (p *maxPool) forward(x []float32, n int, train bool) []float32 {
+	parallelFor(n*p.c, func(pl int) {
+		src := x[pl*p.h*p.w : (pl+1)*p.h*p.w]
+		base := pl * p.ho * p.wo
+		for oy := 0; oy < p.ho; oy++ {
+			for ox := 0; ox < p.wo; ox++ {
+				best, at := float32(math.Inf(-1)), -1
+				for ky := 0; ky < p.k; ky++ {
+					row := (oy*p.stride + ky) * p.w
+					for kx := 0; kx < p.k; kx++ {
+						idx := row + ox*p.stride + kx
+						// NaN propagates, as in PyTorch.
+						if v := src[idx]; v > best || v != v || at < 0 {
+							best, at = v, idx
+							if v != v {
+								break
+							}
+						}
+					}
+				}
+				p.y[base+oy*p.wo+ox] = best
+				p.arg[base+oy*p.wo+ox] = int32(at)
+			}
+		}
+	})
+	return p.y[:n*p.c*p.ho*p.wo]
+}
+
+func (p *maxPool) backward(dy []float32, n int) []float32 {
+	dx := p.dx[:n*p.c*p.h*p.w]
+	parallelFor(n*p.c, func(pl int) {
+		d := dx[pl*p.h*p.w : (pl+1)*p.h*p.w]
+		clear(d)
+		base := pl * p.ho * p.wo
+		for j := 0; j < p.ho*p.wo; j++ {
+			d[p.arg[base+j]] += dy[base+j]
+		}
+	})
+	return dx
+}
+
+// linear is Linear: y = x·Wᵀ + b.
+type linear struct {
+	w, b    *Param32
+	in, out int
+	x       []float32
+	y, dx   []float32
+	needDX  bool
+}
+
+func newLinear(w, b *Param32, in, out, maxBatch int, needDX bool) *linear {
+	return &linear{w: w, b: b, in: in, out: out, y: make([]float32, maxBatch*out), dx: make([]float32, maxBatch*in), needDX: needDX}
+}
+
+func (l *linear) forward(x []float32, n int, train bool) []float32 {
+	l.x = x
+	y := l.y[:n*l.out]
+	parallelFor(n*l.out, func(j int) {
+		i, o := j/l.out, j%l.out
+		y[j] = dot(x[i*l.in:(i+1)*l.in], l.w.W[o*l.in:(o+1)*l.in]) + l.b.W[o]
+	})
+	return y
+}
+
+func (l *linear) backward(dy []float32, n int) []float32 {
+	parallelFor(l.out, func(o int) {
+		g := l.w.G[o*l.in : (o+1)*l.in]
+		for i := 0; i < n; i++ {
+			axpy(dy[i*l.out+o], l.x[i*l.in:(i+1)*l.in], g)
+			l.b.G[o] += dy[i*l.out+o]
+		}
+	})
+	if !l.needDX {
+		return nil
+	}
+	dx := l.dx[:n*l.in]
+	parallelFor(n, func(i int) {
+		d := dx[i*l.in : (i+1)*l.in]
+		clear(d)
+		for o := 0; o < l.out; o++ {
+			axpy(dy[i*l.out+o], l.w.W[o*l.in:(o+1)*l.in], d)
+		}
+	})
+	return dx
+}
