@@ -1,5 +1,8 @@
 # flarego — see README.md. Every target works on a fresh Debian machine with Go 1.26.
 GO        ?= go
+# The model's AVX-512 kernels need Go's SIMD experiment; without it (or on a
+# machine without AVX-512) the same code runs portable loops.
+export GOEXPERIMENT ?= simd
 PYTHON    ?= /usr/bin/python3
 BIN       := bin/flarego
 FUZZTIME  ?= 10s
@@ -18,7 +21,8 @@ build:
 test:
 	$(GO) vet ./...
 	$(GO) test ./...
-	$(GO) test -race ./persistor/...
+	GOEXPERIMENT= $(GO) test ./model/...
+	$(GO) test -race ./persistor/... ./model/...
 	$(MAKE) --no-print-directory fuzz
 
 fuzz:

@@ -1,21 +1,10 @@
+//go:build !(goexperiment.simd && amd64)
+
 package model
 
-// sgemmNN adds a·b to c: a is m×k, b is k×n, c is m×n, all row-major.
-func sgemmNN(m, n, k int, a, b, c []float32) {
-	for i := 0; i < m; i++ {
-		crow := c[i*n : (i+1)*n]
-		for p := 0; p < k; p++ {
-			axpy(a[i*k+p], b[p*n:(p+1)*n], crow)
-		}
-	}
-}
+// Without GOEXPERIMENT=simd the matrix products are the portable loops;
+// gemm_simd.go has the AVX-512 ones.
 
-// sgemmNT adds a·bᵀ to c: a is m×k, b is n×k, c is m×n.
-func sgemmNT(m, n, k int, a, b, c []float32) {
-	for i := 0; i < m; i++ {
-		arow := a[i*k : (i+1)*k]
-		for j := 0; j < n; j++ {
-			c[i*n+j] += dot(arow, b[j*k:(j+1)*k])
-		}
-	}
-}
+func sgemmNN(m, n, k int, a, b, c []float32) { sgemmNNGeneric(m, n, k, a, b, c) }
+
+func sgemmNT(m, n, k int, a, b, c []float32) { sgemmNTGeneric(m, n, k, a, b, c) }

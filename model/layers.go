@@ -155,6 +155,13 @@ func col2im(cols, dx []float32, cin, h, w, k, stride, pad, ho, wo int) {
 					}
 					src := row[oy*wo : (oy+1)*wo]
 					dst := dx[(ci*h+iy)*w:]
+					if stride == 1 {
+						lo, hi := max(0, pad-kx), min(wo, w+pad-kx)
+						if hi > lo {
+							axpy(1, src[lo:hi], dst[lo-pad+kx:hi-pad+kx])
+						}
+						continue
+					}
 					for ox := 0; ox < wo; ox++ {
 						ix := ox*stride - pad + kx
 						if ix >= 0 && ix < w {
@@ -285,22 +292,35 @@ func newReLU(size, maxBatch int) *relu {
 
 func (r *relu) forward(x []float32, n int, train bool) []float32 {
 	y := r.y[:n*r.size]
-	for i, v := range x[:n*r.size] {
-		y[i] = max(v, 0)
-	}
+	chunks(len(y), func(lo, hi int) {
+		for i, v := range x[lo:hi] {
+			y[lo+i] = max(v, 0)
+		}
+	})
 	return y
 }
 
 func (r *relu) backward(dy []float32, n int) []float32 {
 	dx := r.dx[:n*r.size]
-	for i, v := range r.y[:n*r.size] {
-		if v > 0 {
-			dx[i] = dy[i]
-		} else {
-			dx[i] = 0
+	chunks(len(dx), func(lo, hi int) {
+		for i, v := range r.y[lo:hi] {
+			if v > 0 {
+				dx[lo+i] = dy[lo+i]
+			} else {
+				dx[lo+i] = 0
+			}
 		}
-	}
+	})
 	return dx
+}
+
+// chunks splits [0, n) into pieces of at least 64k elements for parallelFor.
+func chunks(n int, f func(lo, hi int)) {
+	const piece = 64 << 10
+	parts := min(max(n/piece, 1), 4*workers)
+	parallelFor(parts, func(i int) {
+		f(i*n/parts, (i+1)*n/parts)
+	})
 }
 
 // maxPool is MaxPool2d; it remembers where each maximum came from.

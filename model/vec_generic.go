@@ -1,3 +1,5 @@
+//go:build !(goexperiment.simd && amd64)
+
 package model
 
 // axpy adds alpha·x to y.

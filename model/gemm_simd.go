@@ -1,0 +1,203 @@
+//go:build goexperiment.simd && amd64
+
+package model
+
+import "simd/archsimd"
+
+// The AVX-512 matrix products (GOEXPERIMENT=simd). Machines without
+// AVX-512 take the portable loops.
+
+var hasAVX512 = archsimd.X86.AVX512()
+
+// sgemmNN adds a·b to c: a is m×k, b is k×n, c is m×n, all row-major.
+// The micro-kernel keeps a 4×32 block of c in eight registers while it
+// streams k rows of b, broadcasting one element of a per row and FMA.
+func sgemmNN(m, n, k int, a, b, c []float32) {
+	if !hasAVX512 {
+		sgemmNNGeneric(m, n, k, a, b, c)
+		return
+	}
+	// Columns outer, rows inner: the k×32 panel of b stays in L1 while
+	// every row block of a passes over it.
+	m4 := m / 4 * 4
+	j := 0
+	for ; j+32 <= n; j += 32 {
+		for i := 0; i < m4; i += 4 {
+			kernelNN4x32(k, n, a[i*k:], b[j:], c[i*n+j:])
+		}
+	}
+	for i := 0; i < m4; i++ {
+		if j < n {
+			nnRowTail(k, n, j, a[i*k:(i+1)*k], b, c[i*n:(i+1)*n])
+		}
+	}
+	for i := m4; i < m; i++ {
+		nnRowTail(k, n, 0, a[i*k:(i+1)*k], b, c[i*n:(i+1)*n])
+	}
+}
+
+func kernelNN4x32(k, n int, a, b, c []float32) {
+	c0, c1, c2, c3 := c, c[n:], c[2*n:], c[3*n:]
+	acc00 := archsimd.LoadFloat32x16((*[16]float32)(c0[0:16]))
+	acc01 := archsimd.LoadFloat32x16((*[16]float32)(c0[16:32]))
+	acc10 := archsimd.LoadFloat32x16((*[16]float32)(c1[0:16]))
+	acc11 := archsimd.LoadFloat32x16((*[16]float32)(c1[16:32]))
+	acc20 := archsimd.LoadFloat32x16((*[16]float32)(c2[0:16]))
+	acc21 := archsimd.LoadFloat32x16((*[16]float32)(c2[16:32]))
+	acc30 := archsimd.LoadFloat32x16((*[16]float32)(c3[0:16]))
+	acc31 := archsimd.LoadFloat32x16((*[16]float32)(c3[16:32]))
+	a0, a1, a2, a3 := a[:k], a[k:2*k], a[2*k:3*k], a[3*k:4*k]
+	for p := 0; p < k; p++ {
+		row := b[p*n : p*n+32]
+		b0 := archsimd.LoadFloat32x16((*[16]float32)(row[0:16]))
+		b1 := archsimd.LoadFloat32x16((*[16]float32)(row[16:32]))
+		v := archsimd.BroadcastFloat32x16(a0[p])
+		acc00 = v.MulAdd(b0, acc00)
+		acc01 = v.MulAdd(b1, acc01)
+		v = archsimd.BroadcastFloat32x16(a1[p])
+		acc10 = v.MulAdd(b0, acc10)
+		acc11 = v.MulAdd(b1, acc11)
+		v = archsimd.BroadcastFloat32x16(a2[p])
+		acc20 = v.MulAdd(b0, acc20)
+		acc21 = v.MulAdd(b1, acc21)
+		v = archsimd.BroadcastFloat32x16(a3[p])
+		acc30 = v.MulAdd(b0, acc30)
+		acc31 = v.MulAdd(b1, acc31)
+	}
+	acc00.Store((*[16]float32)(c0[0:16]))
+	acc01.Store((*[16]float32)(c0[16:32]))
+	acc10.Store((*[16]float32)(c1[0:16]))
+	acc11.Store((*[16]float32)(c1[16:32]))
+	acc20.Store((*[16]float32)(c2[0:16]))
+	acc21.Store((*[16]float32)(c2[16:32]))
+	acc30.Store((*[16]float32)(c3[0:16]))
+	acc31.Store((*[16]float32)(c3[16:32]))
+}
+
+// nnRowTail does columns j.. of one row of c.
+func nnRowTail(k, n, j int, a, b, crow []float32) {
+	for p := 0; p < k; p++ {
+		axpy(a[p], b[p*n+j:(p+1)*n], crow[j:])
+	}
+}
+
+// sgemmNT adds a·bᵀ to c: a is m×k, b is n×k, c is m×n. Each element is a
+// long dot product; the micro-kernel runs 4 rows of a against 4 rows of b
+// with sixteen accumulators.
+func sgemmNT(m, n, k int, a, b, c []float32) {
+	if !hasAVX512 {
+		sgemmNTGeneric(m, n, k, a, b, c)
+		return
+	}
+	// Blocks of k keep the rows of a and b being multiplied in L1/L2
+	// instead of streaming whole rows from memory for every 4×4 block.
+	const kc = 512
+	m4, n4 := m/4*4, n/4*4
+	for p0 := 0; p0 < k; p0 += kc {
+		p1 := min(p0+kc, k)
+		for i := 0; i < m4; i += 4 {
+			for j := 0; j < n4; j += 4 {
+				kernelNT4x4(p1-p0, k, a[i*k+p0:], b[j*k+p0:], c[i*n+j:], n)
+			}
+			for j := n4; j < n; j++ {
+				for r := i; r < i+4; r++ {
+					c[r*n+j] += dot(a[r*k+p0:r*k+p1], b[j*k+p0:j*k+p1])
+				}
+			}
+		}
+		for i := m4; i < m; i++ {
+			for j := 0; j < n; j++ {
+				c[i*n+j] += dot(a[i*k+p0:i*k+p1], b[j*k+p0:j*k+p1])
+			}
+		}
+	}
+}
+
+// kernelNT4x4 adds the 4×4 block of dot products of length k of rows of a
+// and b (each lda apart) to c, as two 2×4 passes: eight accumulators and
+// five operands fit the sixteen vector registers Go allocates.
+func kernelNT4x4(k, lda int, a, b, c []float32, ldc int) {
+	kernelNT2x4(k, lda, a, b, c, ldc)
+	kernelNT2x4(k, lda, a[2*lda:], b, c[2*ldc:], ldc)
+}
+
+func kernelNT2x4(k, lda int, a, b, c []float32, ldc int) {
+	a0, a1 := a[:k], a[lda:lda+k]
+	b0, b1, b2, b3 := b[:k], b[lda:lda+k], b[2*lda:2*lda+k], b[3*lda:3*lda+k]
+	var s00, s01, s02, s03, s10, s11, s12, s13 archsimd.Float32x16
+	p := 0
+	for ; p+16 <= k; p += 16 {
+		y0 := archsimd.LoadFloat32x16((*[16]float32)(b0[p : p+16]))
+		y1 := archsimd.LoadFloat32x16((*[16]float32)(b1[p : p+16]))
+		y2 := archsimd.LoadFloat32x16((*[16]float32)(b2[p : p+16]))
+		y3 := archsimd.LoadFloat32x16((*[16]float32)(b3[p : p+16]))
+		x0 := archsimd.LoadFloat32x16((*[16]float32)(a0[p : p+16]))
+		s00 = x0.MulAdd(y0, s00)
+		s01 = x0.MulAdd(y1, s01)
+		s02 = x0.MulAdd(y2, s02)
+		s03 = x0.MulAdd(y3, s03)
+		x1 := archsimd.LoadFloat32x16((*[16]float32)(a1[p : p+16]))
+		s10 = x1.MulAdd(y0, s10)
+		s11 = x1.MulAdd(y1, s11)
+		s12 = x1.MulAdd(y2, s12)
+		s13 = x1.MulAdd(y3, s13)
+	}
+	sums := [2][4]archsimd.Float32x16{{s00, s01, s02, s03}, {s10, s11, s12, s13}}
+	rowsA := [2][]float32{a0, a1}
+	rowsB := [4][]float32{b0, b1, b2, b3}
+	for r := 0; r < 2; r++ {
+		for q := 0; q < 4; q++ {
+			s := hsum(sums[r][q])
+			for t := p; t < k; t++ {
+				s += rowsA[r][t] * rowsB[q][t]
+			}
+			c[r*ldc+q] += s
+		}
+	}
+}
+
+func hsum(v archsimd.Float32x16) float32 {
+	var t [16]float32
+	v.Store(&t)
+	var s float32
+	for _, x := range t {
+		s += x
+	}
+	return s
+}
+
+// axpy adds alpha·x to y.
+func axpy(alpha float32, x, y []float32) {
+	y = y[:len(x)]
+	i := 0
+	if hasAVX512 {
+		va := archsimd.BroadcastFloat32x16(alpha)
+		for ; i+16 <= len(x); i += 16 {
+			vy := archsimd.LoadFloat32x16((*[16]float32)(y[i : i+16]))
+			vx := archsimd.LoadFloat32x16((*[16]float32)(x[i : i+16]))
+			va.MulAdd(vx, vy).Store((*[16]float32)(y[i : i+16]))
+		}
+	}
+	for ; i < len(x); i++ {
+		y[i] += alpha * x[i]
+	}
+}
+
+// dot returns Σ x·y.
+func dot(x, y []float32) float32 {
+	y = y[:len(x)]
+	i := 0
+	var s float32
+	if hasAVX512 {
+		var a0, a1 archsimd.Float32x16
+		for ; i+32 <= len(x); i += 32 {
+			a0 = archsimd.LoadFloat32x16((*[16]float32)(x[i:i+16])).MulAdd(archsimd.LoadFloat32x16((*[16]float32)(y[i:i+16])), a0)
+			a1 = archsimd.LoadFloat32x16((*[16]float32)(x[i+16:i+32])).MulAdd(archsimd.LoadFloat32x16((*[16]float32)(y[i+16:i+32])), a1)
+		}
+		s = hsum(a0.Add(a1))
+	}
+	for ; i < len(x); i++ {
+		s += x[i] * y[i]
+	}
+	return s
+}
