@@ -11,6 +11,8 @@ with a message.
   peer.py pickle-dumps OUT                     pickle.dumps(protocol 2) of a fixed object
   peer.py model-forward SD.pt X.pt OUT.pt MODE  PneumoniaModel logits (MODE eval|train) and, in train mode, the new state dict
   peer.py model-step SD.pt X.pt Y.pt LR OUT.pt  one Adam step with CrossEntropyLoss; saves loss, logits and the new state dict
+  peer.py transform OUT.pt IMG...               per image: PIL resize to 256x256 (uint8) and the eval tensor
+                                                (Resize, CenterCrop, ToTensor, Normalize), as the seed's pipeline
 """
 import collections
 import hashlib
@@ -194,6 +196,25 @@ def main():
         out["state"] = m.state_dict()
         out["grads"] = grads
         torch.save(out, args[4])
+    elif cmd == "transform":
+        import torch
+        from PIL import Image
+        from torchvision import transforms
+        from torchvision.datasets.folder import pil_loader
+        tf = transforms.Compose([transforms.Resize((256, 256)), transforms.CenterCrop(224), transforms.ToTensor(),
+                                 transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+        out = collections.OrderedDict()
+        for i, path in enumerate(args[1:]):
+            img = pil_loader(path)
+            rgb = np.asarray(img, dtype=np.uint8).copy()
+            resized = np.asarray(img.resize((256, 256), Image.BILINEAR), dtype=np.uint8).copy()
+            out["rgb%d" % i] = torch.from_numpy(rgb)
+            out["resized%d" % i] = torch.from_numpy(resized)
+            out["tensor%d" % i] = tf(img).contiguous()
+            # RandomRotation's operation at a fixed angle: rotate(NEAREST, expand=False, fill 0)
+            rot = img.resize((256, 256), Image.BILINEAR).rotate(17.5, resample=Image.NEAREST, expand=False, fillcolor=0)
+            out["rotated%d" % i] = torch.from_numpy(np.asarray(rot, dtype=np.uint8).copy())
+        torch.save(out, args[0])
     else:
         fail("unknown command " + cmd)
 

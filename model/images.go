@@ -1,0 +1,342 @@
+package model
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	_ "image/jpeg" // formats ImageFolder reads
+	_ "image/png"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	_ "golang.org/x/image/bmp"
+	_ "golang.org/x/image/tiff"
+	_ "golang.org/x/image/webp"
+)
+
+// RGB is an 8-bit RGB image, stored as interleaved rows.
+type RGB struct {
+	W, H int
+	Pix  []uint8 // 3*W*H
+}
+
+// maxPixels bounds a decoded image (a hostile header could ask for more
+// memory than the machine has); 64 Mpixel is far above a chest X-ray's.
+const maxPixels = 64 << 20
+
+// LoadRGB decodes an image file and converts it to RGB as PIL's
+// Image.convert("RGB") does: grey is replicated, alpha dropped, 16-bit
+// samples clipped to 255 (PIL's I;16 → L conversion clips, it does not scale).
+func LoadRGB(path string) (*RGB, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	br := bufio.NewReader(f)
+	cfg, _, err := image.DecodeConfig(br)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if cfg.Width <= 0 || cfg.Height <= 0 || cfg.Width*cfg.Height > maxPixels {
+		return nil, fmt.Errorf("%s: image of %dx%d is out of range", path, cfg.Width, cfg.Height)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	img, _, err := image.Decode(bufio.NewReader(f))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return toRGB(img), nil
+}
+
+func toRGB(img image.Image) *RGB {
+	b := img.Bounds()
+	out := &RGB{W: b.Dx(), H: b.Dy(), Pix: make([]uint8, 3*b.Dx()*b.Dy())}
+	p := out.Pix
+	if m, ok := img.(*image.YCbCr); ok {
+		if rgb := ycbcrToRGB(m); rgb != nil {
+			return rgb
+		}
+	}
+	switch m := img.(type) {
+	case *image.Gray:
+		for y := 0; y < out.H; y++ {
+			row := m.Pix[y*m.Stride : y*m.Stride+out.W]
+			for x, v := range row {
+				i := 3 * (y*out.W + x)
+				p[i], p[i+1], p[i+2] = v, v, v
+			}
+		}
+	case *image.Gray16:
+		for y := 0; y < out.H; y++ {
+			for x := 0; x < out.W; x++ {
+				o := y*m.Stride + 2*x
+				v := uint16(m.Pix[o])<<8 | uint16(m.Pix[o+1])
+				c := uint8(min(v, 255))
+				i := 3 * (y*out.W + x)
+				p[i], p[i+1], p[i+2] = c, c, c
+			}
+		}
+	case *image.RGBA:
+		for y := 0; y < out.H; y++ {
+			for x := 0; x < out.W; x++ {
+				o := y*m.Stride + 4*x
+				i := 3 * (y*out.W + x)
+				// PIL stores unpremultiplied RGBA; Go's decoders premultiply,
+				// so undo it for partly transparent pixels.
+				a := m.Pix[o+3]
+				for c := 0; c < 3; c++ {
+					v := m.Pix[o+c]
+					if a != 0 && a != 255 {
+						v = uint8(min(255, (int(v)*255+int(a)/2)/int(a)))
+					}
+					p[i+c] = v
+				}
+			}
+		}
+	default:
+		for y := 0; y < out.H; y++ {
+			for x := 0; x < out.W; x++ {
+				c := color.NRGBAModel.Convert(img.At(b.Min.X+x, b.Min.Y+y)).(color.NRGBA)
+				i := 3 * (y*out.W + x)
+				p[i], p[i+1], p[i+2] = c.R, c.G, c.B
+			}
+		}
+	}
+	return out
+}
+
+// Resize is PIL's Image.resize with the BILINEAR filter, which is what
+// torchvision's Resize does to PIL images: a separable, antialiased
+// resample (the filter widens by the scale when shrinking) computed in
+// 22-bit fixed point, horizontal pass first, each pass rounded to 8 bits.
+func Resize(in *RGB, w, h int) *RGB {
+	if in.W == w && in.H == h {
+		return &RGB{W: w, H: h, Pix: append([]uint8(nil), in.Pix...)}
+	}
+	hb, hk, hks := resampleCoeffs(in.W, w)
+	vb, vk, vks := resampleCoeffs(in.H, h)
+	// Rows of the source the vertical pass will read.
+	first := vb[0]
+	last := vb[2*(h-1)] + vb[2*(h-1)+1]
+	tmp := &RGB{W: w, H: last - first, Pix: make([]uint8, 3*w*(last-first))}
+	for y := 0; y < tmp.H; y++ {
+		src := in.Pix[3*(y+first)*in.W:]
+		dst := tmp.Pix[3*y*w:]
+		for x := 0; x < w; x++ {
+			xmin, n := hb[2*x], hb[2*x+1]
+			k := hk[x*hks:]
+			var s0, s1, s2 int64 = 1 << 21, 1 << 21, 1 << 21
+			for i := 0; i < n; i++ {
+				o := 3 * (xmin + i)
+				kv := int64(k[i])
+				s0 += int64(src[o]) * kv
+				s1 += int64(src[o+1]) * kv
+				s2 += int64(src[o+2]) * kv
+			}
+			dst[3*x], dst[3*x+1], dst[3*x+2] = clip8(s0), clip8(s1), clip8(s2)
+		}
+	}
+	out := &RGB{W: w, H: h, Pix: make([]uint8, 3*w*h)}
+	for y := 0; y < h; y++ {
+		ymin, n := vb[2*y]-first, vb[2*y+1]
+		k := vk[y*vks:]
+		dst := out.Pix[3*y*w:]
+		for x := 0; x < 3*w; x++ {
+			var s int64 = 1 << 21
+			for i := 0; i < n; i++ {
+				s += int64(tmp.Pix[3*(ymin+i)*w+x]) * int64(k[i])
+			}
+			dst[x] = clip8(s)
+		}
+	}
+	return out
+}
+
+const precisionBits = 32 - 8 - 2
+
+func clip8(v int64) uint8 {
+	if v >= 1<<precisionBits<<8 {
+		return 255
+	}
+	if v <= 0 {
+		return 0
+	}
+	return uint8(v >> precisionBits)
+}
+
+// resampleCoeffs mirrors PIL's precompute_coeffs + normalize_coeffs_8bpc for
+// the bilinear (triangle) filter: per output pixel the first input index, the
+// number of taps, and fixed-point weights.
+func resampleCoeffs(inSize, outSize int) (bounds []int, kk []int32, ksize int) {
+	scale := float64(inSize) / float64(outSize)
+	filterscale := max(scale, 1)
+	support := 1.0 * filterscale
+	ksize = int(math.Ceil(support))*2 + 1
+	bounds = make([]int, 2*outSize)
+	kk = make([]int32, outSize*ksize)
+	w := make([]float64, ksize)
+	for xx := 0; xx < outSize; xx++ {
+		center := (float64(xx) + 0.5) * scale
+		ss := 1 / filterscale
+		xmin := max(int(center-support+0.5), 0)
+		xmax := min(int(center+support+0.5), inSize) - xmin
+		var ww float64
+		for x := 0; x < xmax; x++ {
+			t := math.Abs((float64(x+xmin) - center + 0.5) * ss)
+			w[x] = 0
+			if t < 1 {
+				w[x] = 1 - t
+			}
+			ww += w[x]
+		}
+		for x := 0; x < xmax; x++ {
+			v := w[x]
+			if ww != 0 {
+				v /= ww
+			}
+			if v < 0 {
+				kk[xx*ksize+x] = int32(-0.5 + v*(1<<precisionBits))
+			} else {
+				kk[xx*ksize+x] = int32(0.5 + v*(1<<precisionBits))
+			}
+		}
+		bounds[2*xx], bounds[2*xx+1] = xmin, xmax
+	}
+	return bounds, kk, ksize
+}
+
+// Rotate is PIL's Image.rotate(angle, resample=NEAREST, expand=False,
+// fillcolor=0) — counter-clockwise degrees about the centre — which is what
+// torchvision's RandomRotation does to PIL images.
+func Rotate(in *RGB, degrees float64) *RGB {
+	out := &RGB{W: in.W, H: in.H, Pix: make([]uint8, len(in.Pix))}
+	a := -degrees * math.Pi / 180
+	r15 := func(v float64) float64 { return math.Round(v*1e15) / 1e15 }
+	m := [6]float64{r15(math.Cos(a)), r15(math.Sin(a)), 0, r15(-math.Sin(a)), r15(math.Cos(a)), 0}
+	cx, cy := float64(in.W)/2, float64(in.H)/2
+	m[2] = m[0]*-cx + m[1]*-cy + cx
+	m[5] = m[3]*-cx + m[4]*-cy + cy
+	coord := func(v float64) int {
+		if v < 0 {
+			return -1
+		}
+		return int(v)
+	}
+	xo := m[2] + m[1]*0.5 + m[0]*0.5
+	yo := m[5] + m[4]*0.5 + m[3]*0.5
+	for y := 0; y < out.H; y++ {
+		xx, yy := xo, yo
+		for x := 0; x < out.W; x++ {
+			xi, yi := coord(xx), coord(yy)
+			if xi >= 0 && xi < in.W && yi >= 0 && yi < in.H {
+				copy(out.Pix[3*(y*out.W+x):3*(y*out.W+x)+3], in.Pix[3*(yi*in.W+xi):])
+			}
+			xx += m[0]
+			yy += m[3]
+		}
+		xo += m[1]
+		yo += m[4]
+	}
+	return out
+}
+
+// Mean and Std are the ImageNet statistics the seed normalises with.
+var (
+	Mean = [3]float32{0.485, 0.456, 0.406}
+	Std  = [3]float32{0.229, 0.224, 0.225}
+)
+
+// Transform is the seed's pipeline: Resize((256,256)) → [RandomRotation(±20°)
+// when rng is not nil] → CenterCrop(224) → ToTensor → Normalize. It writes
+// the CHW tensor into dst (3*224*224 floats).
+func Transform(img *RGB, rng *rand.Rand, dst []float32) {
+	r := Resize(img, 256, 256)
+	if rng != nil {
+		r = Rotate(r, rng.Float64()*40-20)
+	}
+	const crop = 224
+	// torchvision: top = int(round((256 - 224) / 2.0))
+	off := int(math.Round(float64(r.H-crop) / 2))
+	offx := int(math.Round(float64(r.W-crop) / 2))
+	for c := 0; c < 3; c++ {
+		plane := dst[c*crop*crop : (c+1)*crop*crop]
+		m, s := Mean[c], Std[c]
+		for y := 0; y < crop; y++ {
+			row := r.Pix[3*((y+off)*r.W+offx):]
+			for x := 0; x < crop; x++ {
+				plane[y*crop+x] = (float32(row[3*x+c])/255 - m) / s
+			}
+		}
+	}
+}
+
+// Sample is one image of an ImageFolder and its class index.
+type Sample struct {
+	Path  string
+	Class int
+}
+
+// imageExts are torchvision's IMG_EXTENSIONS.
+var imageExts = map[string]bool{".jpg": true, ".jpeg": true, ".png": true, ".ppm": true, ".bmp": true,
+	".pgm": true, ".tif": true, ".tiff": true, ".webp": true}
+
+// ImageFolder lists root as torchvision's ImageFolder does: classes are the
+// sorted sub-directory names, samples are the image files under each,
+// walked in sorted order.
+func ImageFolder(root string) (classes []string, samples []Sample, err error) {
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading image folder: %w", err)
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			classes = append(classes, e.Name())
+		}
+	}
+	sort.Strings(classes)
+	if len(classes) == 0 {
+		return nil, nil, fmt.Errorf("image folder %s has no class sub-directories", root)
+	}
+	for ci, c := range classes {
+		// os.walk order, as torchvision sorts it: directories by path, then
+		// the files of each directory by name.
+		byDir := map[string][]string{}
+		err := filepath.WalkDir(filepath.Join(root, c), func(p string, d os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if !d.IsDir() && imageExts[strings.ToLower(filepath.Ext(p))] {
+				byDir[filepath.Dir(p)] = append(byDir[filepath.Dir(p)], p)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("reading image folder: %w", err)
+		}
+		dirs := make([]string, 0, len(byDir))
+		for d := range byDir {
+			dirs = append(dirs, d)
+		}
+		sort.Strings(dirs)
+		for _, d := range dirs {
+			sort.Strings(byDir[d])
+			for _, f := range byDir[d] {
+				samples = append(samples, Sample{Path: f, Class: ci})
+			}
+		}
+	}
+	if len(samples) == 0 {
+		return classes, nil, errors.New("image folder " + root + " holds no images")
+	}
+	return classes, samples, nil
+}
