@@ -226,26 +226,24 @@ func Rotate(in *RGB, degrees float64) *RGB {
 	cx, cy := float64(in.W)/2, float64(in.H)/2
 	m[2] = m[0]*-cx + m[1]*-cy + cx
 	m[5] = m[3]*-cx + m[4]*-cy + cy
-	coord := func(v float64) int {
-		if v < 0 {
-			return -1
-		}
-		return int(v)
-	}
-	xo := m[2] + m[1]*0.5 + m[0]*0.5
-	yo := m[5] + m[4]*0.5 + m[3]*0.5
+	// PIL takes its 16.16 fixed-point path (affine_fixed in Geometry.c)
+	// whenever the corners map inside ±32768, which they always do here.
+	fix := func(v float64) int64 { return int64(math.Floor(v*65536 + 0.5)) }
+	a0, a1, a3, a4 := fix(m[0]), fix(m[1]), fix(m[3]), fix(m[4])
+	a2 := fix(m[2] + m[0]*0.5 + m[1]*0.5)
+	a5 := fix(m[5] + m[3]*0.5 + m[4]*0.5)
 	for y := 0; y < out.H; y++ {
-		xx, yy := xo, yo
+		xx, yy := a2, a5
 		for x := 0; x < out.W; x++ {
-			xi, yi := coord(xx), coord(yy)
+			xi, yi := int(xx>>16), int(yy>>16)
 			if xi >= 0 && xi < in.W && yi >= 0 && yi < in.H {
 				copy(out.Pix[3*(y*out.W+x):3*(y*out.W+x)+3], in.Pix[3*(yi*in.W+xi):])
 			}
-			xx += m[0]
-			yy += m[3]
+			xx += a0
+			yy += a3
 		}
-		xo += m[1]
-		yo += m[4]
+		a2 += a1
+		a5 += a4
 	}
 	return out
 }
