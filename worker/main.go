@@ -23,6 +23,11 @@ Keys and files:
   unseal [DIR] [-- CMD ARGS...]   check every *.enc under DIR against the FCP key, then run CMD
   pt inspect FILE [--key-file K]  list the tensors of a .pt or encrypted .pt
 
+The model:
+  train [--epochs N --lr X ...]   local training on INPUT/datasets/<first>/file_data; writes OUTPUT/model_parameters.pt.enc
+  infer WEIGHTS                   scores INPUT/file_data into OUTPUT/dataset.csv (INPUT/dataset.csv + Model_Score)
+  samples DIR                     writes synthetic chest X-rays in the FCP input layout
+
 Measurements:
   bench persist [--cases ...]     encrypted save and load, side by side with Python (torch + cryptography)
 
@@ -54,6 +59,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"unseal":  c.unseal,
 		"pt":      c.pt,
 		"bench":   c.bench,
+		"train":   c.train,
+		"infer":   c.infer,
+		"samples": c.samples,
 	}
 	name := args[0]
 	if name == "-h" || name == "--help" || name == "help" {

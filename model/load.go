@@ -1,0 +1,45 @@
+package model
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/flarego/flarego/persistor"
+)
+
+// LoadSpec reads a JSON spec file, decrypting it in memory with k when it
+// is a Fernet token (the job ships the architecture only encrypted).
+func LoadSpec(path string, k *persistor.Key) (*Spec, error) {
+	data, err := persistor.ReadMaybeEncrypted(path, k)
+	if err != nil {
+		return nil, err
+	}
+	s, err := ReadSpec(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
+
+// TrainingFolder is where the seed's trainer finds its images:
+// INPUT/datasets/<first dataset, by name>/file_data.
+func TrainingFolder(input string) (string, error) {
+	entries, err := os.ReadDir(filepath.Join(input, "datasets"))
+	if err != nil {
+		return "", fmt.Errorf("finding the training data: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
+	if len(names) == 0 {
+		return "", fmt.Errorf("finding the training data: %s has no dataset folders", filepath.Join(input, "datasets"))
+	}
+	sort.Strings(names)
+	return filepath.Join(input, "datasets", names[0], "file_data"), nil
+}

@@ -1,0 +1,227 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/flarego/flarego/model"
+	"github.com/flarego/flarego/persistor"
+)
+
+// modelFlags are the flags train and infer share.
+type modelFlags struct {
+	loc     persistor.Locations
+	spec    string
+	keyFile string
+	batch   int
+}
+
+func (c *command) modelFlags(fs interface {
+	StringVar(*string, string, string, string)
+	IntVar(*int, string, int, string)
+}) *modelFlags {
+	m := &modelFlags{loc: persistor.DefaultLocations()}
+	fs.StringVar(&m.loc.Input, "input", m.loc.Input, "FCP input directory")
+	fs.StringVar(&m.loc.Output, "output", m.loc.Output, "FCP output directory")
+	fs.StringVar(&m.spec, "spec", "", "model spec (JSON, or encrypted JSON); default: the built-in PneumoniaModel")
+	fs.StringVar(&m.keyFile, "key-file", "", "key file (default: the FCP secret_run_params.json)")
+	fs.IntVar(&m.batch, "batch", 4, "batch size")
+	return m
+}
+
+func (m *modelFlags) key() (*persistor.Key, error) {
+	if m.keyFile != "" {
+		return persistor.ReadKeyFile(m.keyFile)
+	}
+	return m.loc.KeyFile()
+}
+
+func (m *modelFlags) loadSpec(k *persistor.Key) (*model.Spec, error) {
+	if m.spec == "" {
+		return model.PneumoniaSpec(), nil
+	}
+	return model.LoadSpec(m.spec, k)
+}
+
+// interruptible returns a context cancelled by Ctrl-C / SIGTERM.
+func interruptible() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt)
+}
+
+func (c *command) train(args []string) error {
+	fs := c.flags("train", "[flags]")
+	m := c.modelFlags(fs)
+	epochs := fs.Int("epochs", 5, "epochs")
+	lr := fs.Float64("lr", 0.01, "Adam learning rate")
+	seed := fs.Uint64("seed", 1, "seed for initialisation, shuffling and augmentation")
+	weights := fs.String("weights", "", "initial weights (.pt or encrypted .pt); default: a fresh initialisation")
+	noAugment := fs.Bool("no-augment", false, "train without RandomRotation")
+	if _, err := parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	start := time.Now()
+	k, err := m.key()
+	if err != nil {
+		return err
+	}
+	spec, err := m.loadSpec(k)
+	if err != nil {
+		return err
+	}
+	root, err := model.TrainingFolder(m.loc.Input)
+	if err != nil {
+		return err
+	}
+	classes, samples, err := model.ImageFolder(root)
+	if err != nil {
+		return err
+	}
+	if len(classes) < 2 {
+		return fmt.Errorf("%s has one class (%s); training needs at least two", root, classes[0])
+	}
+	var sd *persistor.StateDict
+	if *weights != "" {
+		ck, err := persistor.ReadCheckpointFile(*weights, k)
+		if err != nil {
+			return err
+		}
+		sd = ck.Model
+	} else if sd, err = model.Init(spec, *seed); err != nil {
+		return err
+	}
+	net, err := model.NewNet(spec, sd, m.batch)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stderr, "training %s on %d images in %d classes (%s) from %s; ready in %s\n",
+		spec.Name, len(samples), len(classes), strings.Join(classes, ", "), root, time.Since(start).Round(time.Millisecond))
+	ctx, stop := interruptible()
+	defer stop()
+	steps, err := model.Train(ctx, net, samples, model.TrainConfig{
+		Epochs: *epochs, LR: *lr, Batch: m.batch, Seed: *seed, Augment: !*noAugment,
+		Progress: func(s model.EpochStats) { fmt.Fprintln(c.stderr, s) },
+		Warn:     func(msg string) { fmt.Fprintln(c.stderr, "warning:", msg) },
+	})
+	if err != nil {
+		return err
+	}
+	out := filepath.Join(m.loc.Output, "model_parameters.pt.enc")
+	p := &persistor.SecuredPersistor{Path: out, Key: k, ModelName: spec.Name}
+	if err := p.Save(&persistor.Checkpoint{Model: net.StateDict()}); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stderr, "%d steps per epoch; wrote %s (encrypted)\n", steps, out)
+	return nil
+}
+
+func (c *command) infer(args []string) error {
+	fs := c.flags("infer", "WEIGHTS [flags]")
+	m := c.modelFlags(fs)
+	column := fs.String("path-column", "", "dataset.csv column that names each image (default: the one that matches most images)")
+	pos, err := parse(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	k, err := m.key()
+	if err != nil {
+		return err
+	}
+	spec, err := m.loadSpec(k)
+	if err != nil {
+		return err
+	}
+	ck, err := persistor.ReadCheckpointFile(pos[0], k)
+	if err != nil {
+		return err
+	}
+	net, err := model.NewNet(spec, ck.Model, m.batch)
+	if err != nil {
+		return fmt.Errorf("%s: %w", pos[0], err)
+	}
+	csvIn := filepath.Join(m.loc.Input, "dataset.csv")
+	in, err := os.ReadFile(csvIn)
+	if err != nil {
+		return err
+	}
+	root := filepath.Join(m.loc.Input, "file_data")
+	_, samples, err := model.ImageFolder(root)
+	if err != nil {
+		return err
+	}
+	ctx, stop := interruptible()
+	defer stop()
+	start := time.Now()
+	preds, err := model.Predict(ctx, net, samples, m.batch, func(msg string) { fmt.Fprintln(c.stderr, "warning:", msg) })
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stderr, "scored %d images in %.1f s\n", len(preds), time.Since(start).Seconds())
+	var out bytes.Buffer
+	rep, err := model.ScoreCSV(bytes.NewReader(in), &out, preds, root, *column)
+	if err != nil {
+		return fmt.Errorf("%s: %w", csvIn, err)
+	}
+	csvOut := filepath.Join(m.loc.Output, "dataset.csv")
+	if err := persistor.WriteFileAtomic(csvOut, 0o644, func(w io.Writer) error {
+		_, err := w.Write(out.Bytes())
+		return err
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stderr, "matched %d rows by column %q\n", rep.Matched, rep.PathColumn)
+	if len(rep.RowsWithout) > 0 {
+		fmt.Fprintf(c.stderr, "warning: %d rows name no image (rows %s); their %s is empty\n", len(rep.RowsWithout), listInts(rep.RowsWithout), model.ScoreColumn)
+	}
+	if len(rep.ImagesWithout) > 0 {
+		fmt.Fprintf(c.stderr, "warning: %d images have no row: %s\n", len(rep.ImagesWithout), listStrings(rep.ImagesWithout))
+	}
+	if len(rep.DuplicateNames) > 0 {
+		fmt.Fprintf(c.stderr, "warning: %d images are named by more than one row: %s\n", len(rep.DuplicateNames), listStrings(rep.DuplicateNames))
+	}
+	fmt.Fprintf(c.stderr, "wrote %s\n", csvOut)
+	return nil
+}
+
+func listInts(v []int) string {
+	s := make([]string, 0, 10)
+	for i, x := range v {
+		if i == 10 {
+			s = append(s, "...")
+			break
+		}
+		s = append(s, fmt.Sprint(x))
+	}
+	return strings.Join(s, ", ")
+}
+
+func listStrings(v []string) string {
+	if len(v) > 10 {
+		return strings.Join(v[:10], ", ") + ", ..."
+	}
+	return strings.Join(v, ", ")
+}
+
+func (c *command) samples(args []string) error {
+	fs := c.flags("samples", "[--n N] [--seed S] DIR")
+	n := fs.Int("n", 20, "images per class")
+	seed := fs.Uint64("seed", 1, "seed")
+	pos, err := parse(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	if *n <= 0 || *n > 100000 {
+		return fmt.Errorf("%w: --n must be 1..100000", errUsage)
+	}
+	if err := model.WriteSyntheticSite(pos[0], *n, *seed); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stderr, "wrote synthetic chest X-rays to %s: datasets/cxr/file_data (training), file_data and dataset.csv (inference), %d per class each\n", pos[0], *n)
+	return nil
+}
