@@ -206,4 +206,30 @@ func TestInteropAdamStepMatchesTorch(t *testing.T) {
 			t.Errorf("%s differs by %g after one Adam step", name, d)
 		}
 	}
+
+	// Weights trained in Go, saved as .pt, loaded into PyTorch's
+	// PneumoniaModel: the same logits.
+	for step := 0; step < 2; step++ {
+		logits, _ := net.Forward(x, n, true)
+		CrossEntropy(logits, labels, 2, grad)
+		net.ZeroGrad()
+		net.Backward(grad, n)
+		opt.Step(net.Params())
+	}
+	savePT(t, filepath.Join(dir, "trained.pt"), &persistor.Checkpoint{Model: net.StateDict(), ModelName: "PneumoniaModel"})
+	goLogits, _ := net.Forward(x, n, false)
+	peer(t, "model-forward", filepath.Join(dir, "trained.pt"), filepath.Join(dir, "xy.pt"), filepath.Join(dir, "fw.pt"), "eval")
+	fw := loadPT(t, filepath.Join(dir, "fw.pt"))
+	want, _ := fw.Get("logits")
+	d := maxDiff(goLogits, floatsOf(t, want))
+	var mag float64
+	for _, v := range goLogits {
+		mag = max(mag, math.Abs(float64(v)))
+	}
+	// After three steps at lr 0.01 the logits are in the hundreds (as in
+	// PyTorch); float32 carries about 7 digits of them.
+	t.Logf("Go-trained weights in PyTorch: logits max |go - torch| = %.3g (max |logit| %.3g)", d, mag)
+	if d > 1e-4*max(1, mag) {
+		t.Errorf("Go-trained weights give other logits in PyTorch: %g", d)
+	}
 }
