@@ -2,33 +2,50 @@ package model
 
 import "math"
 
-// conv is Conv2d as im2col + matrix product, one image per task.
+// conv is Conv2d as im2col + matrix product, one image per task. The
+// column matrix is rebuilt in backward rather than kept per image: it is
+// cheap to make and is the largest buffer of all.
 type conv struct {
 	w, b           *Param32
 	cin, h, wd     int // input
 	cout, ho, wo   int // output
 	k, stride, pad int
-	kk             int       // cin*k*k
-	cols           []float32 // per image: kk × ho*wo (kept for backward)
+	kk             int // cin*k*k
+	x              []float32
 	y, dx          []float32
-	dcols          [][]float32 // per worker: kk × ho*wo
+	scratch        *convScratch
 	wt             []float32   // wᵀ, for dcols
 	dwPart         [][]float32 // per worker partial dW
 	needDX         bool
 }
 
-func newConv(w, b *Param32, in, out []int, k, stride, pad, maxBatch int, needDX bool) *conv {
+// convScratch is the per-worker column buffers all conv layers share.
+type convScratch struct {
+	cols, dcols [][]float32
+}
+
+func (s *convScratch) reserve(n int) {
+	for len(s.cols) < workers {
+		s.cols = append(s.cols, nil)
+		s.dcols = append(s.dcols, nil)
+	}
+	for i := range s.cols {
+		if len(s.cols[i]) < n {
+			s.cols[i] = make([]float32, n)
+			s.dcols[i] = make([]float32, n)
+		}
+	}
+}
+
+func newConv(w, b *Param32, in, out []int, k, stride, pad, maxBatch int, needDX bool, scratch *convScratch) *conv {
 	c := &conv{w: w, b: b, cin: in[0], h: in[1], wd: in[2], cout: out[0], ho: out[1], wo: out[2],
-		k: k, stride: stride, pad: pad, needDX: needDX}
+		k: k, stride: stride, pad: pad, needDX: needDX, scratch: scratch}
 	c.kk = c.cin * k * k
 	hw := c.ho * c.wo
-	c.cols = make([]float32, maxBatch*c.kk*hw)
+	scratch.reserve(c.kk * hw)
 	c.y = make([]float32, maxBatch*c.cout*hw)
 	for i := 0; i < workers; i++ {
 		c.dwPart = append(c.dwPart, make([]float32, len(w.W)))
-		if needDX {
-			c.dcols = append(c.dcols, make([]float32, c.kk*hw))
-		}
 	}
 	if needDX {
 		c.dx = make([]float32, maxBatch*c.cin*c.h*c.wd)
@@ -38,10 +55,11 @@ func newConv(w, b *Param32, in, out []int, k, stride, pad, maxBatch int, needDX 
 }
 
 func (c *conv) forward(x []float32, n int, train bool) []float32 {
+	c.x = x
 	hw := c.ho * c.wo
 	in := c.cin * c.h * c.wd
-	parallelFor(n, func(i int) {
-		cols := c.cols[i*c.kk*hw : (i+1)*c.kk*hw]
+	parallelWorkers(n, func(wk, i int) {
+		cols := c.scratch.cols[wk][:c.kk*hw]
 		im2col(x[i*in:(i+1)*in], cols, c.cin, c.h, c.wd, c.k, c.stride, c.pad, c.ho, c.wo)
 		y := c.y[i*c.cout*hw : (i+1)*c.cout*hw]
 		for o := 0; o < c.cout; o++ {
@@ -61,23 +79,16 @@ func (c *conv) backward(dy []float32, n int) []float32 {
 	for _, p := range c.dwPart {
 		clear(p)
 	}
-	// Work is split by worker so that each owns its partial dW and dcols.
-	var next = make(chan int, n)
-	for i := 0; i < n; i++ {
-		next <- i
-	}
-	close(next)
-	parallelFor(min(workers, n), func(wk int) {
-		dw := c.dwPart[wk]
-		for i := range next {
-			d := dy[i*c.cout*hw : (i+1)*c.cout*hw]
-			sgemmNT(c.cout, c.kk, hw, d, c.cols[i*c.kk*hw:(i+1)*c.kk*hw], dw)
-			if c.needDX {
-				dcols := c.dcols[wk]
-				clear(dcols)
-				sgemmNN(c.kk, hw, c.cout, c.wt, d, dcols)
-				col2im(dcols, c.dx[i*in:(i+1)*in], c.cin, c.h, c.wd, c.k, c.stride, c.pad, c.ho, c.wo)
-			}
+	parallelWorkers(n, func(wk, i int) {
+		cols := c.scratch.cols[wk][:c.kk*hw]
+		im2col(c.x[i*in:(i+1)*in], cols, c.cin, c.h, c.wd, c.k, c.stride, c.pad, c.ho, c.wo)
+		d := dy[i*c.cout*hw : (i+1)*c.cout*hw]
+		sgemmNT(c.cout, c.kk, hw, d, cols, c.dwPart[wk])
+		if c.needDX {
+			dcols := c.scratch.dcols[wk][:c.kk*hw]
+			clear(dcols)
+			sgemmNN(c.kk, hw, c.cout, c.wt, d, dcols)
+			col2im(dcols, c.dx[i*in:(i+1)*in], c.cin, c.h, c.wd, c.k, c.stride, c.pad, c.ho, c.wo)
 		}
 	})
 	for _, p := range c.dwPart {
@@ -195,14 +206,23 @@ type batchNorm struct {
 	invstd      []float32
 }
 
-func newBatchNorm(g, b *Param32, rm, rv []float32, nbt []int64, in []int, maxBatch int, eps, mom float64) *batchNorm {
+// newBatchNorm makes a BatchNorm2d; with inPlace its output overwrites its
+// input (backward needs only x̂, which it keeps).
+func newBatchNorm(g, b *Param32, rm, rv []float32, nbt []int64, in []int, maxBatch int, eps, mom float64, inPlace bool) *batchNorm {
 	size := maxBatch * in[0] * in[1] * in[2]
-	return &batchNorm{g: g, b: b, rm: rm, rv: rv, nbt: nbt, c: in[0], hw: in[1] * in[2], eps: eps, mom: mom,
-		y: make([]float32, size), xhat: make([]float32, size), dx: make([]float32, size), invstd: make([]float32, in[0])}
+	bn := &batchNorm{g: g, b: b, rm: rm, rv: rv, nbt: nbt, c: in[0], hw: in[1] * in[2], eps: eps, mom: mom,
+		xhat: make([]float32, size), dx: make([]float32, size), invstd: make([]float32, in[0])}
+	if !inPlace {
+		bn.y = make([]float32, size)
+	}
+	return bn
 }
 
 func (bn *batchNorm) forward(x []float32, n int, train bool) []float32 {
-	y := bn.y[:n*bn.c*bn.hw]
+	y := x[:n*bn.c*bn.hw]
+	if bn.y != nil {
+		y = bn.y[:n*bn.c*bn.hw]
+	}
 	if train {
 		bn.nbt[0]++
 	}
@@ -281,29 +301,44 @@ func (bn *batchNorm) backward(dy []float32, n int) []float32 {
 	return dx
 }
 
+// relu is ReLU. With inPlace it overwrites its input and, in backward,
+// the incoming gradient; otherwise it has buffers of its own.
 type relu struct {
-	size  int
-	y, dx []float32
+	size    int
+	inPlace bool
+	y, dx   []float32 // own buffers (nil in place)
+	out     []float32 // the last forward's output, for the mask
 }
 
-func newReLU(size, maxBatch int) *relu {
-	return &relu{size: size, y: make([]float32, size*maxBatch), dx: make([]float32, size*maxBatch)}
+func newReLU(size, maxBatch int, inPlace bool) *relu {
+	r := &relu{size: size, inPlace: inPlace}
+	if !inPlace {
+		r.y, r.dx = make([]float32, size*maxBatch), make([]float32, size*maxBatch)
+	}
+	return r
 }
 
 func (r *relu) forward(x []float32, n int, train bool) []float32 {
-	y := r.y[:n*r.size]
+	y := x[:n*r.size]
+	if !r.inPlace {
+		y = r.y[:n*r.size]
+	}
 	chunks(len(y), func(lo, hi int) {
 		for i, v := range x[lo:hi] {
 			y[lo+i] = max(v, 0)
 		}
 	})
+	r.out = y
 	return y
 }
 
 func (r *relu) backward(dy []float32, n int) []float32 {
-	dx := r.dx[:n*r.size]
+	dx := dy[:n*r.size]
+	if !r.inPlace {
+		dx = r.dx[:n*r.size]
+	}
 	chunks(len(dx), func(lo, hi int) {
-		for i, v := range r.y[lo:hi] {
+		for i, v := range r.out[lo:hi] {
 			if v > 0 {
 				dx[lo+i] = dy[lo+i]
 			} else {

@@ -85,6 +85,10 @@ func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
 	}
 	in := s.Input
 	first := true
+	// produced: some earlier layer owns the buffer the next layer reads, so
+	// batch norm and ReLU may overwrite it (never the caller's input).
+	produced := false
+	scratch := &convScratch{}
 	for i, l := range s.Layers {
 		out := shapes[i]
 		var ly layer
@@ -103,7 +107,7 @@ func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
 			if stride == 0 {
 				stride = 1
 			}
-			ly = newConv(w, b, in, out, k, stride, l.Padding, maxBatch, !first)
+			ly = newConv(w, b, in, out, k, stride, l.Padding, maxBatch, !first, scratch)
 		case "batchnorm2d":
 			c := in[0]
 			g, err := param(l.Name+".weight", []int{c})
@@ -138,9 +142,9 @@ func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
 			if mom == 0 {
 				mom = 0.1
 			}
-			ly = newBatchNorm(g, b, rm, rv, counter, in, maxBatch, eps, mom)
+			ly = newBatchNorm(g, b, rm, rv, counter, in, maxBatch, eps, mom, produced)
 		case "relu":
-			ly = newReLU(shapeSize(in), maxBatch)
+			ly = newReLU(shapeSize(in), maxBatch, produced)
 		case "maxpool2d":
 			stride := l.Stride
 			if stride == 0 {
@@ -164,6 +168,9 @@ func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
 		}
 		if l.Op == "conv2d" || l.Op == "linear" {
 			first = false
+		}
+		if l.Op != "flatten" && l.Op != "dropout" {
+			produced = true
 		}
 		net.layers = append(net.layers, ly)
 		in = out
@@ -331,6 +338,38 @@ func parallelFor(n int, f func(i int)) {
 				f(j)
 			}
 		}()
+	}
+	wg.Wait()
+}
+
+// parallelWorkers runs f(worker, 0..n-1) on up to `workers` goroutines;
+// worker numbers are below `workers`, so f may use per-worker buffers.
+func parallelWorkers(n int, f func(worker, i int)) {
+	w := min(workers, n)
+	if w <= 1 {
+		for i := 0; i < n; i++ {
+			f(0, i)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	next := 0
+	for g := 0; g < w; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				i := next
+				next++
+				mu.Unlock()
+				if i >= n {
+					return
+				}
+				f(g, i)
+			}
+		}(g)
 	}
 	wg.Wait()
 }

@@ -21,6 +21,9 @@ import (
 //go:embed bench_persist.py
 var benchPersistPy []byte
 
+//go:embed bench_model.py
+var benchModelPy []byte
+
 // pneumoniaShapes are the state-dict shapes of the seed's PneumoniaModel.
 var pneumoniaShapes = []struct {
 	name  string
@@ -118,8 +121,11 @@ func (c *command) bench(args []string) error {
 	if len(args) > 0 && args[0] == "--child" {
 		return c.benchChild(args[1:])
 	}
+	if len(args) > 0 && args[0] == "model" {
+		return c.benchModel(args[1:])
+	}
 	if len(args) == 0 || args[0] != "persist" {
-		return fmt.Errorf("%w: want 'bench persist [flags]'", errUsage)
+		return fmt.Errorf("%w: want 'bench persist|model [flags]'", errUsage)
 	}
 	fs := c.flags("bench persist", "[--cases pneumonia,256MB] [--repeat N] [--python PATH]")
 	cases := fs.String("cases", "pneumonia,256MB", "state dicts to save and load: pneumonia, 256MB, 2GB")
@@ -207,6 +213,9 @@ func (c *command) bench(args []string) error {
 func (c *command) benchChild(args []string) error {
 	if len(args) < 3 {
 		return fmt.Errorf("%w: want bench --child OP ARGS", errUsage)
+	}
+	if args[0] == "train" || args[0] == "infer" {
+		return c.benchModelChild(args)
 	}
 	k, err := persistor.ReadKeyFile(args[2])
 	if err != nil {

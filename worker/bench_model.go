@@ -1,0 +1,140 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flarego/flarego/model"
+)
+
+// benchModel measures PneumoniaModel training and inference throughput in Go
+// and in PyTorch, each in fresh processes, side by side.
+func (c *command) benchModel(args []string) error {
+	fs := c.flags("bench model", "[--batches 4,16] [--steps N] [--repeat N] [--python PATH]")
+	batches := fs.String("batches", "4,16", "batch sizes")
+	steps := fs.Int("steps", 10, "timed steps per run (after 2 warm-up steps)")
+	repeat := fs.Int("repeat", 3, "runs per measurement (the median is reported)")
+	python := fs.String("python", "/usr/bin/python3", "Python with torch, for the side-by-side ('' to skip)")
+	if _, err := parse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "flarego-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	script := filepath.Join(dir, "bench_model.py")
+	if err := os.WriteFile(script, benchModelPy, 0o600); err != nil {
+		return err
+	}
+	type peer struct {
+		name string
+		cmd  func(op, batch string) (string, []string)
+	}
+	peers := []peer{{"go", func(op, b string) (string, []string) {
+		return self, []string{"bench", "--child", op, b, strconv.Itoa(*steps)}
+	}}}
+	if *python != "" {
+		peers = append(peers, peer{"torch", func(op, b string) (string, []string) {
+			return *python, []string{script, op, b, strconv.Itoa(*steps)}
+		}})
+	}
+	w := c.stdout
+	fmt.Fprintf(w, "flarego bench model: PneumoniaModel, 3x224x224, %d timed steps after 2 warm-up, median of %d fresh processes\n", *steps, *repeat)
+	fmt.Fprintf(w, "%-6s %-6s %10s %10s %8s %10s %10s\n", "op", "batch", "go img/s", "torch", "go/torch", "go MB", "torch MB")
+	for _, op := range []string{"train", "infer"} {
+		for _, b := range strings.Split(*batches, ",") {
+			rate := map[string]float64{}
+			rss := map[string]float64{}
+			for _, p := range peers {
+				var m measurement
+				for i := 0; i < *repeat; i++ {
+					fmt.Fprintf(c.stderr, "  %s %s batch %s run %d/%d\n", p.name, op, b, i+1, *repeat)
+					name, a := p.cmd(op, b)
+					s, r, err := runChild(name, a...)
+					if err != nil {
+						return err
+					}
+					bn, _ := strconv.Atoi(b)
+					m.seconds = append(m.seconds, float64(bn**steps)/s) // images per second
+					m.rssMB = append(m.rssMB, r)
+				}
+				rate[p.name], rss[p.name] = m.median()
+			}
+			if *python == "" {
+				fmt.Fprintf(w, "%-6s %-6s %10.1f %10s %8s %10.0f %10s\n", op, b, rate["go"], "-", "-", rss["go"], "-")
+				continue
+			}
+			fmt.Fprintf(w, "%-6s %-6s %10.1f %10.1f %7.2fx %10.0f %10.0f\n", op, b, rate["go"], rate["torch"], rate["go"]/rate["torch"], rss["go"], rss["torch"])
+		}
+	}
+	return nil
+}
+
+// benchModelChild times steps of training or inference in this process.
+func (c *command) benchModelChild(args []string) error {
+	batch, err1 := strconv.Atoi(args[1])
+	steps, err2 := strconv.Atoi(args[2])
+	if err1 != nil || err2 != nil || batch <= 0 || steps <= 0 {
+		return fmt.Errorf("%w: bench --child train|infer BATCH STEPS", errUsage)
+	}
+	spec := model.PneumoniaSpec()
+	sd, err := model.Init(spec, 1)
+	if err != nil {
+		return err
+	}
+	net, err := model.NewNet(spec, sd, batch)
+	if err != nil {
+		return err
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	x := make([]float32, batch*3*224*224)
+	for i := range x {
+		x[i] = float32(rng.NormFloat64())
+	}
+	labels := make([]int, batch)
+	for i := range labels {
+		labels[i] = rng.IntN(2)
+	}
+	opt := model.NewAdam(net.Params(), 0.001)
+	grad := make([]float32, batch*2)
+	step := func() error {
+		if args[0] == "infer" {
+			_, err := net.Forward(x, batch, false)
+			return err
+		}
+		logits, err := net.Forward(x, batch, true)
+		if err != nil {
+			return err
+		}
+		if _, err := model.CrossEntropy(logits, labels, 2, grad); err != nil {
+			return err
+		}
+		net.ZeroGrad()
+		net.Backward(grad, batch)
+		opt.Step(net.Params())
+		return nil
+	}
+	for i := 0; i < 2; i++ {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	t0 := time.Now()
+	for i := 0; i < steps; i++ {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return json.NewEncoder(c.stdout).Encode(map[string]float64{"seconds": time.Since(t0).Seconds(), "images": float64(batch * steps)})
+}
