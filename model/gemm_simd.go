@@ -201,3 +201,200 @@ func dot(x, y []float32) float32 {
 	}
 	return s
 }
+
+// sum64 returns Σ x: float32 sums in sixteen lanes per block of 4096,
+// added in float64, which keeps batch-norm statistics accurate.
+func sum64(x []float32) float64 {
+	if !hasAVX512 {
+		var s float64
+		for _, v := range x {
+			s += float64(v)
+		}
+		return s
+	}
+	var total float64
+	for len(x) > 0 {
+		blk := x[:min(len(x), 4096)]
+		x = x[len(blk):]
+		var acc archsimd.Float32x16
+		i := 0
+		for ; i+16 <= len(blk); i += 16 {
+			acc = acc.Add(archsimd.LoadFloat32x16((*[16]float32)(blk[i : i+16])))
+		}
+		s := float64(hsum(acc))
+		for ; i < len(blk); i++ {
+			s += float64(blk[i])
+		}
+		total += s
+	}
+	return total
+}
+
+// sumSqDev64 returns Σ (x-m)², blocked like sum64.
+func sumSqDev64(x []float32, m float32) float64 {
+	if !hasAVX512 {
+		var s float64
+		for _, v := range x {
+			d := float64(v - m)
+			s += d * d
+		}
+		return s
+	}
+	vm := archsimd.BroadcastFloat32x16(m)
+	var total float64
+	for len(x) > 0 {
+		blk := x[:min(len(x), 4096)]
+		x = x[len(blk):]
+		var acc archsimd.Float32x16
+		i := 0
+		for ; i+16 <= len(blk); i += 16 {
+			d := archsimd.LoadFloat32x16((*[16]float32)(blk[i : i+16])).Sub(vm)
+			acc = d.MulAdd(d, acc)
+		}
+		s := float64(hsum(acc))
+		for ; i < len(blk); i++ {
+			d := float64(blk[i] - m)
+			s += d * d
+		}
+		total += s
+	}
+	return total
+}
+
+// reluInPlace sets negative values to 0.
+func reluInPlace(x []float32) {
+	i := 0
+	if hasAVX512 {
+		var zero archsimd.Float32x16
+		for ; i+16 <= len(x); i += 16 {
+			p := (*[16]float32)(x[i : i+16])
+			archsimd.LoadFloat32x16(p).Max(zero).Store(p)
+		}
+	}
+	for ; i < len(x); i++ {
+		x[i] = max(x[i], 0)
+	}
+}
+
+// maskBy zeroes d where y is not positive (a ReLU's backward).
+func maskBy(d, y []float32) {
+	y = y[:len(d)]
+	i := 0
+	if hasAVX512 {
+		var zero archsimd.Float32x16
+		for ; i+16 <= len(d); i += 16 {
+			p := (*[16]float32)(d[i : i+16])
+			m := archsimd.LoadFloat32x16((*[16]float32)(y[i : i+16])).Greater(zero)
+			archsimd.LoadFloat32x16(p).Masked(m).Store(p)
+		}
+	}
+	for ; i < len(d); i++ {
+		if !(y[i] > 0) {
+			d[i] = 0
+		}
+	}
+}
+
+// bnNormalize writes x̂ = (x-m)·is and y = x̂·g + b (ReLU'd when relu).
+func bnNormalize(x, xh, y []float32, m, is, g, b float32, relu bool) {
+	xh, y = xh[:len(x)], y[:len(x)]
+	i := 0
+	if hasAVX512 {
+		vm, vis, vg, vb := archsimd.BroadcastFloat32x16(m), archsimd.BroadcastFloat32x16(is), archsimd.BroadcastFloat32x16(g), archsimd.BroadcastFloat32x16(b)
+		var zero archsimd.Float32x16
+		for ; i+16 <= len(x); i += 16 {
+			h := archsimd.LoadFloat32x16((*[16]float32)(x[i : i+16])).Sub(vm).Mul(vis)
+			h.Store((*[16]float32)(xh[i : i+16]))
+			o := h.MulAdd(vg, vb)
+			if relu {
+				o = o.Max(zero)
+			}
+			o.Store((*[16]float32)(y[i : i+16]))
+		}
+	}
+	for ; i < len(x); i++ {
+		h := (x[i] - m) * is
+		xh[i] = h
+		o := h*g + b
+		if relu && !(o > 0) {
+			o = 0
+		}
+		y[i] = o
+	}
+}
+
+// bnApply writes y = x·a + c (ReLU'd when relu).
+func bnApply(x, y []float32, a, c float32, relu bool) {
+	y = y[:len(x)]
+	i := 0
+	if hasAVX512 {
+		va, vc := archsimd.BroadcastFloat32x16(a), archsimd.BroadcastFloat32x16(c)
+		var zero archsimd.Float32x16
+		for ; i+16 <= len(x); i += 16 {
+			o := archsimd.LoadFloat32x16((*[16]float32)(x[i:i+16])).MulAdd(va, vc)
+			if relu {
+				o = o.Max(zero)
+			}
+			o.Store((*[16]float32)(y[i : i+16]))
+		}
+	}
+	for ; i < len(x); i++ {
+		o := x[i]*a + c
+		if relu && !(o > 0) {
+			o = 0
+		}
+		y[i] = o
+	}
+}
+
+// dot2sum64 returns Σ d·x and Σ d: float32 lanes per block of 4096, added
+// in float64.
+func dot2sum64(d, x []float32) (float64, float64) {
+	if !hasAVX512 {
+		var s, t float64
+		for j, v := range d {
+			s += float64(v * x[j])
+			t += float64(v)
+		}
+		return s, t
+	}
+	x = x[:len(d)]
+	var s, t float64
+	for len(d) > 0 {
+		n := min(len(d), 4096)
+		bd, bx := d[:n], x[:n]
+		d, x = d[n:], x[n:]
+		var as, at archsimd.Float32x16
+		i := 0
+		for ; i+16 <= n; i += 16 {
+			v := archsimd.LoadFloat32x16((*[16]float32)(bd[i : i+16]))
+			as = v.MulAdd(archsimd.LoadFloat32x16((*[16]float32)(bx[i:i+16])), as)
+			at = at.Add(v)
+		}
+		ps, pt := float64(hsum(as)), float64(hsum(at))
+		for ; i < n; i++ {
+			ps += float64(bd[i] * bx[i])
+			pt += float64(bd[i])
+		}
+		s += ps
+		t += pt
+	}
+	return s, t
+}
+
+// bnBackward writes dx = k·(d - mdb - x̂·mdg).
+func bnBackward(d, xh, dx []float32, k, mdb, mdg float32) {
+	xh, dx = xh[:len(d)], dx[:len(d)]
+	i := 0
+	if hasAVX512 {
+		vk, vdb, vdg := archsimd.BroadcastFloat32x16(k), archsimd.BroadcastFloat32x16(mdb), archsimd.BroadcastFloat32x16(mdg)
+		for ; i+16 <= len(d); i += 16 {
+			v := archsimd.LoadFloat32x16((*[16]float32)(d[i : i+16])).Sub(vdb)
+			h := archsimd.LoadFloat32x16((*[16]float32)(xh[i : i+16]))
+			v.Sub(h.Mul(vdg)).Mul(vk).Store((*[16]float32)(dx[i : i+16]))
+		}
+	}
+	for ; i < len(d); i++ {
+		dx[i] = k * (d[i] - mdb - xh[i]*mdg)
+	}
+}

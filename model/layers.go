@@ -14,6 +14,7 @@ type conv struct {
 	x              []float32
 	y, dx          []float32
 	scratch        *convScratch
+	relu           bool        // a following ReLU, fused: applied to y, masks dy
 	wt             []float32   // wᵀ, for dcols
 	dwPart         [][]float32 // per worker partial dW
 	needDX         bool
@@ -37,9 +38,9 @@ func (s *convScratch) reserve(n int) {
 	}
 }
 
-func newConv(w, b *Param32, in, out []int, k, stride, pad, maxBatch int, needDX bool, scratch *convScratch) *conv {
+func newConv(w, b *Param32, in, out []int, k, stride, pad, maxBatch int, needDX bool, scratch *convScratch, relu bool) *conv {
 	c := &conv{w: w, b: b, cin: in[0], h: in[1], wd: in[2], cout: out[0], ho: out[1], wo: out[2],
-		k: k, stride: stride, pad: pad, needDX: needDX, scratch: scratch}
+		k: k, stride: stride, pad: pad, needDX: needDX, scratch: scratch, relu: relu}
 	c.kk = c.cin * k * k
 	hw := c.ho * c.wo
 	scratch.reserve(c.kk * hw)
@@ -66,6 +67,9 @@ func (c *conv) forward(x []float32, n int, train bool) []float32 {
 			fill(y[o*hw:(o+1)*hw], c.b.W[o])
 		}
 		sgemmNN(c.cout, hw, c.kk, c.w.W, cols, y)
+		if c.relu {
+			reluInPlace(y)
+		}
 	})
 	return c.y[:n*c.cout*hw]
 }
@@ -83,6 +87,9 @@ func (c *conv) backward(dy []float32, n int) []float32 {
 		cols := c.scratch.cols[wk][:c.kk*hw]
 		im2col(c.x[i*in:(i+1)*in], cols, c.cin, c.h, c.wd, c.k, c.stride, c.pad, c.ho, c.wo)
 		d := dy[i*c.cout*hw : (i+1)*c.cout*hw]
+		if c.relu {
+			maskBy(d, c.y[i*c.cout*hw:(i+1)*c.cout*hw])
+		}
 		sgemmNT(c.cout, c.kk, hw, d, cols, c.dwPart[wk])
 		if c.needDX {
 			dcols := c.scratch.dcols[wk][:c.kk*hw]
@@ -98,11 +105,7 @@ func (c *conv) backward(dy []float32, n int) []float32 {
 	}
 	for i := 0; i < n; i++ {
 		for o := 0; o < c.cout; o++ {
-			var s float32
-			for _, v := range dy[(i*c.cout+o)*hw : (i*c.cout+o+1)*hw] {
-				s += v
-			}
-			c.b.G[o] += s
+			c.b.G[o] += float32(sum64(dy[(i*c.cout+o)*hw : (i*c.cout+o+1)*hw]))
 		}
 	}
 	if !c.needDX {
@@ -202,15 +205,17 @@ type batchNorm struct {
 	nbt         []int64
 	c, hw       int
 	eps, mom    float64
-	y, xhat, dx []float32
+	y, xhat, dx []float32 // y is nil when the output overwrites the input
+	out         []float32 // the last output (for a fused ReLU's mask)
 	invstd      []float32
+	relu        bool // a following ReLU, fused
 }
 
 // newBatchNorm makes a BatchNorm2d; with inPlace its output overwrites its
 // input (backward needs only x̂, which it keeps).
-func newBatchNorm(g, b *Param32, rm, rv []float32, nbt []int64, in []int, maxBatch int, eps, mom float64, inPlace bool) *batchNorm {
+func newBatchNorm(g, b *Param32, rm, rv []float32, nbt []int64, in []int, maxBatch int, eps, mom float64, inPlace, relu bool) *batchNorm {
 	size := maxBatch * in[0] * in[1] * in[2]
-	bn := &batchNorm{g: g, b: b, rm: rm, rv: rv, nbt: nbt, c: in[0], hw: in[1] * in[2], eps: eps, mom: mom,
+	bn := &batchNorm{g: g, b: b, rm: rm, rv: rv, nbt: nbt, c: in[0], hw: in[1] * in[2], eps: eps, mom: mom, relu: relu,
 		xhat: make([]float32, size), dx: make([]float32, size), invstd: make([]float32, in[0])}
 	if !inPlace {
 		bn.y = make([]float32, size)
@@ -223,6 +228,7 @@ func (bn *batchNorm) forward(x []float32, n int, train bool) []float32 {
 	if bn.y != nil {
 		y = bn.y[:n*bn.c*bn.hw]
 	}
+	bn.out = y
 	if train {
 		bn.nbt[0]++
 	}
@@ -231,18 +237,13 @@ func (bn *batchNorm) forward(x []float32, n int, train bool) []float32 {
 		if train {
 			var s float64
 			for i := 0; i < n; i++ {
-				for _, v := range x[(i*bn.c+c)*bn.hw : (i*bn.c+c+1)*bn.hw] {
-					s += float64(v)
-				}
+				s += sum64(x[(i*bn.c+c)*bn.hw : (i*bn.c+c+1)*bn.hw])
 			}
 			cnt := float64(n * bn.hw)
 			mean = s / cnt
 			var ss float64
 			for i := 0; i < n; i++ {
-				for _, v := range x[(i*bn.c+c)*bn.hw : (i*bn.c+c+1)*bn.hw] {
-					d := float64(v) - mean
-					ss += d * d
-				}
+				ss += sumSqDev64(x[(i*bn.c+c)*bn.hw:(i*bn.c+c+1)*bn.hw], float32(mean))
 			}
 			variance := ss / cnt
 			invstd = 1 / math.Sqrt(variance+bn.eps)
@@ -260,11 +261,12 @@ func (bn *batchNorm) forward(x []float32, n int, train bool) []float32 {
 		m, is, g, b := float32(mean), float32(invstd), bn.g.W[c], bn.b.W[c]
 		for i := 0; i < n; i++ {
 			off := (i*bn.c + c) * bn.hw
-			xs, ys, xh := x[off:off+bn.hw], y[off:off+bn.hw], bn.xhat[off:off+bn.hw]
-			for j, v := range xs {
-				h := (v - m) * is
-				xh[j] = h
-				ys[j] = h*g + b
+			xs, ys := x[off:off+bn.hw], y[off:off+bn.hw]
+			if train {
+				// Only training needs x̂ (for backward).
+				bnNormalize(xs, bn.xhat[off:off+bn.hw], ys, m, is, g, b, bn.relu)
+			} else {
+				bnApply(xs, ys, is*g, b-m*is*g, bn.relu)
 			}
 		}
 	})
@@ -273,15 +275,16 @@ func (bn *batchNorm) forward(x []float32, n int, train bool) []float32 {
 
 func (bn *batchNorm) backward(dy []float32, n int) []float32 {
 	dx := bn.dx[:n*bn.c*bn.hw]
+	if bn.relu {
+		maskBy(dy[:n*bn.c*bn.hw], bn.out)
+	}
 	parallelFor(bn.c, func(c int) {
 		var dg, db float64
 		for i := 0; i < n; i++ {
 			off := (i*bn.c + c) * bn.hw
-			xh := bn.xhat[off : off+bn.hw]
-			for j, d := range dy[off : off+bn.hw] {
-				dg += float64(d * xh[j])
-				db += float64(d)
-			}
+			g, b := dot2sum64(dy[off:off+bn.hw], bn.xhat[off:off+bn.hw])
+			dg += g
+			db += b
 		}
 		bn.g.G[c] += float32(dg)
 		bn.b.G[c] += float32(db)
@@ -292,10 +295,7 @@ func (bn *batchNorm) backward(dy []float32, n int) []float32 {
 		mdb, mdg := float32(db/cnt), float32(dg/cnt)
 		for i := 0; i < n; i++ {
 			off := (i*bn.c + c) * bn.hw
-			xh := bn.xhat[off : off+bn.hw]
-			for j, d := range dy[off : off+bn.hw] {
-				dx[off+j] = k * (d - mdb - xh[j]*mdg)
-			}
+			bnBackward(dy[off:off+bn.hw], bn.xhat[off:off+bn.hw], dx[off:off+bn.hw], k, mdb, mdg)
 		}
 	})
 	return dx
@@ -372,6 +372,10 @@ func newMaxPool(in, out []int, k, stride, maxBatch int) *maxPool {
 }
 
 func (p *maxPool) forward(x []float32, n int, train bool) []float32 {
+	if p.k == 2 && p.stride == 2 {
+		parallelFor(n*p.c, func(pl int) { p.pool2x2(x, pl) })
+		return p.y[:n*p.c*p.ho*p.wo]
+	}
 	parallelFor(n*p.c, func(pl int) {
 		src := x[pl*p.h*p.w : (pl+1)*p.h*p.w]
 		base := pl * p.ho * p.wo
@@ -397,6 +401,33 @@ func (p *maxPool) forward(x []float32, n int, train bool) []float32 {
 		}
 	})
 	return p.y[:n*p.c*p.ho*p.wo]
+}
+
+// pool2x2 is the 2×2, stride 2 case, two input rows at a time. Ties and
+// NaNs resolve as in the general loop: the first maximum wins, NaN wins.
+func (p *maxPool) pool2x2(x []float32, pl int) {
+	src := x[pl*p.h*p.w : (pl+1)*p.h*p.w]
+	base := pl * p.ho * p.wo
+	for oy := 0; oy < p.ho; oy++ {
+		r0 := src[2*oy*p.w : 2*oy*p.w+2*p.wo]
+		r1 := src[(2*oy+1)*p.w : (2*oy+1)*p.w+2*p.wo]
+		y := p.y[base+oy*p.wo : base+(oy+1)*p.wo]
+		arg := p.arg[base+oy*p.wo : base+(oy+1)*p.wo]
+		for ox := range y {
+			a, b, c, d := r0[2*ox], r0[2*ox+1], r1[2*ox], r1[2*ox+1]
+			best, at := a, 2*oy*p.w+2*ox
+			if b > best || b != b {
+				best, at = b, at+1
+			}
+			if best == best && (c > best || c != c) {
+				best, at = c, (2*oy+1)*p.w+2*ox
+			}
+			if best == best && (d > best || d != d) {
+				best, at = d, (2*oy+1)*p.w+2*ox+1
+			}
+			y[ox], arg[ox] = best, int32(at)
+		}
+	}
 }
 
 func (p *maxPool) backward(dy []float32, n int) []float32 {

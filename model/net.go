@@ -92,6 +92,14 @@ func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
 	for i, l := range s.Layers {
 		out := shapes[i]
 		var ly layer
+		// A ReLU right after a conv or batch norm runs inside it (on data
+		// still in cache); the ReLU's own slot becomes a pass-through.
+		fuseReLU := i+1 < len(s.Layers) && s.Layers[i+1].Op == "relu" && (l.Op == "conv2d" || l.Op == "batchnorm2d")
+		if l.Op == "relu" && i > 0 && (s.Layers[i-1].Op == "conv2d" || s.Layers[i-1].Op == "batchnorm2d") {
+			net.layers = append(net.layers, flatten{})
+			in = out
+			continue
+		}
 		switch l.Op {
 		case "conv2d":
 			k := l.Kernel
@@ -107,7 +115,7 @@ func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
 			if stride == 0 {
 				stride = 1
 			}
-			ly = newConv(w, b, in, out, k, stride, l.Padding, maxBatch, !first, scratch)
+			ly = newConv(w, b, in, out, k, stride, l.Padding, maxBatch, !first, scratch, fuseReLU)
 		case "batchnorm2d":
 			c := in[0]
 			g, err := param(l.Name+".weight", []int{c})
@@ -142,7 +150,7 @@ func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
 			if mom == 0 {
 				mom = 0.1
 			}
-			ly = newBatchNorm(g, b, rm, rv, counter, in, maxBatch, eps, mom, produced)
+			ly = newBatchNorm(g, b, rm, rv, counter, in, maxBatch, eps, mom, produced, fuseReLU)
 		case "relu":
 			ly = newReLU(shapeSize(in), maxBatch, produced)
 		case "maxpool2d":
@@ -416,6 +424,8 @@ func (d *dropout) backward(dy []float32, n int) []float32 {
 	return dy
 }
 
+// flatten only reshapes, which a flat buffer does not need; it also stands
+// in for layers fused into their predecessor.
 type flatten struct{}
 
 func (flatten) forward(x []float32, n int, train bool) []float32 { return x }
