@@ -100,7 +100,13 @@ func (m measurement) median() (float64, float64) {
 // runChild runs one timed operation in a fresh process and returns the time
 // it reports and the process's peak RSS.
 func runChild(name string, args ...string) (float64, float64, error) {
+	return runChildEnv(nil, name, args...)
+}
+
+// runChildEnv is runChild with extra environment variables.
+func runChildEnv(env []string, name string, args ...string) (float64, float64, error) {
 	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
