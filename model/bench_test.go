@@ -52,6 +52,45 @@ func benchInfer(b *testing.B, batch int) {
 	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "img/s")
 }
 
-func BenchmarkTrainBatch4(b *testing.B)  { benchTrain(b, 4) }
-func BenchmarkTrainBatch16(b *testing.B) { benchTrain(b, 16) }
-func BenchmarkInferBatch4(b *testing.B)  { benchInfer(b, 4) }
+func benchTrainGraph(b *testing.B, batch int) {
+	net, x, y := benchNet(b, batch)
+	opt := NewAdam(net.Params(), 0.001)
+	gr, err := net.NewGraph(batch, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer gr.Close()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		net.ZeroGrad()
+		if _, _, err := gr.Run(x, y); err != nil {
+			b.Fatal(err)
+		}
+		opt.Step(net.Params())
+	}
+	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "img/s")
+}
+
+func benchInferGraph(b *testing.B, batch int) {
+	net, x, _ := benchNet(b, batch)
+	gr, err := net.NewGraph(batch, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer gr.Close()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, _, err := gr.Run(x, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "img/s")
+}
+
+func BenchmarkTrainGraphBatch4(b *testing.B) { benchTrainGraph(b, 4) }
+func BenchmarkInferGraphBatch4(b *testing.B) { benchInferGraph(b, 4) }
+func BenchmarkTrainBatch4(b *testing.B)      { benchTrain(b, 4) }
+func BenchmarkTrainBatch16(b *testing.B)     { benchTrain(b, 16) }
+func BenchmarkInferBatch4(b *testing.B)      { benchInfer(b, 4) }

@@ -373,7 +373,11 @@ func newMaxPool(in, out []int, k, stride, maxBatch int) *maxPool {
 
 func (p *maxPool) forward(x []float32, n int, train bool) []float32 {
 	if p.k == 2 && p.stride == 2 {
-		parallelFor(n*p.c, func(pl int) { p.pool2x2(x, pl) })
+		if train {
+			parallelFor(n*p.c, func(pl int) { p.pool2x2(x, pl) })
+		} else {
+			parallelFor(n*p.c, func(pl int) { p.pool2x2Values(x, pl) })
+		}
 		return p.y[:n*p.c*p.ho*p.wo]
 	}
 	parallelFor(n*p.c, func(pl int) {
@@ -426,6 +430,31 @@ func (p *maxPool) pool2x2(x []float32, pl int) {
 				best, at = d, (2*oy+1)*p.w+2*ox+1
 			}
 			y[ox], arg[ox] = best, int32(at)
+		}
+	}
+}
+
+// pool2x2Values is pool2x2 for inference: values only, no positions.
+func (p *maxPool) pool2x2Values(x []float32, pl int) {
+	src := x[pl*p.h*p.w : (pl+1)*p.h*p.w]
+	base := pl * p.ho * p.wo
+	for oy := 0; oy < p.ho; oy++ {
+		r0 := src[2*oy*p.w : 2*oy*p.w+2*p.wo]
+		r1 := src[(2*oy+1)*p.w : (2*oy+1)*p.w+2*p.wo]
+		y := p.y[base+oy*p.wo : base+(oy+1)*p.wo]
+		for ox := range y {
+			a, b := r0[2*ox], r0[2*ox+1]
+			c, d := r1[2*ox], r1[2*ox+1]
+			if b > a || b != b {
+				a = b
+			}
+			if d > c || d != d {
+				c = d
+			}
+			if c > a || c != c {
+				a = c
+			}
+			y[ox] = a
 		}
 	}
 }

@@ -297,8 +297,17 @@ func NewAdam(params []*Param32, lr float64) *Adam {
 
 // Step updates the parameters from their gradients, exactly as PyTorch's
 // single-tensor Adam: m = β1·m + (1-β1)·g; v = β2·v + (1-β2)·g²;
-// p -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + ε).
-func (a *Adam) Step(params []*Param32) {
+// p -= lr/(1-β1^t) · m / (√v/√(1-β2^t) + ε). (Gorgonia's AdamSolver puts
+// ε and the bias corrections elsewhere, so results drift from PyTorch's.)
+func (a *Adam) Step(params []*Param32) error {
+	if len(params) != len(a.m) {
+		return fmt.Errorf("adam: %d parameters, set up for %d", len(params), len(a.m))
+	}
+	a.step1(params)
+	return nil
+}
+
+func (a *Adam) step1(params []*Param32) {
 	a.step++
 	bc1 := 1 - math.Pow(a.Beta1, float64(a.step))
 	bc2 := 1 - math.Pow(a.Beta2, float64(a.step))

@@ -124,7 +124,8 @@ func Train(ctx context.Context, net *Net, samples []Sample, cfg TrainConfig) (in
 	}
 	rng := rand.New(rand.NewPCG(cfg.Seed, 0x5eed))
 	opt := NewAdam(net.Params(), cfg.LR)
-	grad := make([]float32, cfg.Batch*classes)
+	graphs := graphCache{net: net, train: true}
+	defer graphs.close()
 	steps := 0
 	for epoch := 1; epoch <= cfg.Epochs; epoch++ {
 		start := time.Now()
@@ -142,12 +143,13 @@ func Train(ctx context.Context, net *Net, samples []Sample, cfg TrainConfig) (in
 				cancel()
 				return 0, err
 			}
-			logits, err := net.Forward(b.x[:b.n*net.inSize], b.n, true)
+			gr, err := graphs.get(b.n)
 			if err != nil {
 				cancel()
 				return 0, err
 			}
-			loss, err := CrossEntropy(logits, b.labels, classes, grad[:b.n*classes])
+			net.ZeroGrad()
+			logits, loss, err := gr.Run(b.x[:b.n*net.inSize], b.labels)
 			if err != nil {
 				cancel()
 				return 0, err
@@ -157,9 +159,10 @@ func Train(ctx context.Context, net *Net, samples []Sample, cfg TrainConfig) (in
 					correct++
 				}
 			}
-			net.ZeroGrad()
-			net.Backward(grad[:b.n*classes], b.n)
-			opt.Step(net.Params())
+			if err := opt.Step(net.Params()); err != nil {
+				cancel()
+				return 0, err
+			}
 			batches.free <- b.x
 			lossSum += loss
 			images += b.n
@@ -179,6 +182,35 @@ func Train(ctx context.Context, net *Net, samples []Sample, cfg TrainConfig) (in
 		}
 	}
 	return steps, nil
+}
+
+// graphCache keeps one Gorgonia graph per batch size seen (the full size
+// and the last, smaller batch of an epoch).
+type graphCache struct {
+	net    *Net
+	train  bool
+	graphs map[int]*Graph
+}
+
+func (c *graphCache) get(n int) (*Graph, error) {
+	if g, ok := c.graphs[n]; ok {
+		return g, nil
+	}
+	g, err := c.net.NewGraph(n, c.train)
+	if err != nil {
+		return nil, err
+	}
+	if c.graphs == nil {
+		c.graphs = map[int]*Graph{}
+	}
+	c.graphs[n] = g
+	return g, nil
+}
+
+func (c *graphCache) close() {
+	for _, g := range c.graphs {
+		g.Close()
+	}
 }
 
 func argmax(v []float32) int {
@@ -212,9 +244,15 @@ func Predict(ctx context.Context, net *Net, samples []Sample, batchSize int, war
 	ctx2, cancel := context.WithCancel(ctx)
 	defer cancel()
 	batches := loader2(ctx2, samples, order, batchSize, nil, warn, net.inSize)
+	graphs := graphCache{net: net}
+	defer graphs.close()
 	var out []Prediction
 	for b := range batches.out {
-		logits, err := net.Forward(b.x[:b.n*net.inSize], b.n, false)
+		gr, err := graphs.get(b.n)
+		if err != nil {
+			return nil, err
+		}
+		logits, _, err := gr.Run(b.x[:b.n*net.inSize], nil)
 		if err != nil {
 			return nil, err
 		}

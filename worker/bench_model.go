@@ -133,23 +133,22 @@ func (c *command) benchModelChild(args []string) error {
 		labels[i] = rng.IntN(2)
 	}
 	opt := model.NewAdam(net.Params(), 0.001)
-	grad := make([]float32, batch*2)
+	// The Gorgonia graph, as train and infer run it.
+	gr, err := net.NewGraph(batch, args[0] == "train")
+	if err != nil {
+		return err
+	}
+	defer gr.Close()
 	step := func() error {
 		if args[0] == "infer" {
-			_, err := net.Forward(x, batch, false)
-			return err
-		}
-		logits, err := net.Forward(x, batch, true)
-		if err != nil {
-			return err
-		}
-		if _, err := model.CrossEntropy(logits, labels, 2, grad); err != nil {
+			_, _, err := gr.Run(x, nil)
 			return err
 		}
 		net.ZeroGrad()
-		net.Backward(grad, batch)
-		opt.Step(net.Params())
-		return nil
+		if _, _, err := gr.Run(x, labels); err != nil {
+			return err
+		}
+		return opt.Step(net.Params())
 	}
 	for i := 0; i < 2; i++ {
 		if err := step(); err != nil {
