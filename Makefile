@@ -7,7 +7,7 @@ PYTHON    ?= /usr/bin/python3
 BIN       := bin/flarego
 FUZZTIME  ?= 10s
 # Debian packages the interop checks run against (the real peers).
-PY_DEBS   := python3-torch python3-torchvision python3-cryptography python3-numpy
+PY_DEBS   := python3-torch python3-torchvision python3-cryptography python3-numpy libjemalloc2
 
 .PHONY: all build test fuzz interop python-peers bench demo proto lint clean
 
@@ -32,7 +32,7 @@ fuzz:
 
 # Installs the Python peers with apt when they are missing.
 python-peers:
-	@if $(PYTHON) -c 'import torch, torchvision, cryptography, numpy' 2>/dev/null; then \
+	@if $(PYTHON) -c 'import torch, torchvision, cryptography, numpy' 2>/dev/null && [ -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ]; then \
 		echo "python peers: present ($$($(PYTHON) -c 'import torch, cryptography; print("torch", torch.__version__, "cryptography", cryptography.__version__)'))"; \
 	else \
 		echo "python peers: installing $(PY_DEBS) with apt-get"; \
@@ -46,8 +46,9 @@ interop: python-peers
 	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -v -run Interop ./persistor ./model
 
 bench: build python-peers
-	$(GO) test -run '^$$' -bench . -benchtime 5x ./persistor
+	$(GO) test -run '^$$' -bench . -benchtime 5x ./persistor ./model
 	$(BIN) bench persist --python $(PYTHON)
+	$(BIN) bench model --python $(PYTHON)
 
 demo: build
 	./scripts/demo.sh
