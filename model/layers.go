@@ -83,7 +83,9 @@ func (c *conv) backward(dy []float32, n int) []float32 {
 	for _, p := range c.dwPart {
 		clear(p)
 	}
-	parallelWorkers(n, func(wk, i int) {
+	// A fixed image-to-worker assignment keeps the gradient sums, and so
+	// training, reproducible run to run.
+	parallelStatic(n, func(wk, i int) {
 		cols := c.scratch.cols[wk][:c.kk*hw]
 		im2col(c.x[i*in:(i+1)*in], cols, c.cin, c.h, c.wd, c.k, c.stride, c.pad, c.ho, c.wo)
 		d := dy[i*c.cout*hw : (i+1)*c.cout*hw]

@@ -391,6 +391,30 @@ func parallelWorkers(n int, f func(worker, i int)) {
 	wg.Wait()
 }
 
+// parallelStatic is parallelWorkers with a fixed assignment (worker g takes
+// g, g+w, g+2w, ...), so per-worker partial sums, and so results, do not
+// depend on timing.
+func parallelStatic(n int, f func(worker, i int)) {
+	w := min(workers, n)
+	if w <= 1 {
+		for i := 0; i < n; i++ {
+			f(0, i)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	for g := 0; g < w; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := g; i < n; i += w {
+				f(g, i)
+			}
+		}(g)
+	}
+	wg.Wait()
+}
+
 // dropout zeroes inputs with probability p in training and scales the rest
 // by 1/(1-p), like torch.nn.Dropout.
 type dropout struct {
