@@ -29,6 +29,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePT$$' -fuzztime $(FUZZTIME) ./persistor
 	$(GO) test -run '^$$' -fuzz '^FuzzDecrypt$$' -fuzztime $(FUZZTIME) ./persistor
 	$(GO) test -run '^$$' -fuzz '^FuzzUnpickle$$' -fuzztime $(FUZZTIME) ./persistor/pickle
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeShareable$$' -fuzztime $(FUZZTIME) ./flare
 
 # Installs the Python peers with apt when they are missing.
 python-peers:
@@ -43,7 +44,7 @@ python-peers:
 
 # Cross-checks against the real peers: Python's cryptography and torch 1.13.
 interop: python-peers
-	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -v -run Interop ./persistor ./model
+	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -v -run Interop ./persistor ./model ./flare
 
 bench: build python-peers
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./persistor ./model
@@ -53,11 +54,16 @@ bench: build python-peers
 demo: build
 	./scripts/demo.sh
 
-# Regenerates the gRPC code from proto/*.proto (none yet).
+# Regenerates the gRPC code from proto/*/*.proto (protoc from Debian's
+# protobuf-compiler, the Go plugins from the module proxy).
+PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 proto:
-	@if ls proto/*.proto >/dev/null 2>&1; then \
-		protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative proto/*.proto; \
-	else echo "proto: no .proto files yet"; fi
+	@command -v protoc >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get install -y -qq protobuf-compiler; }
+	GOBIN=$(CURDIR)/bin $(GO) install $(PROTOC_GEN_GO)
+	GOBIN=$(CURDIR)/bin $(GO) install $(PROTOC_GEN_GO_GRPC)
+	PATH=$(CURDIR)/bin:$$PATH protoc -I proto --go_out=proto --go_opt=paths=source_relative \
+		--go-grpc_out=proto --go-grpc_opt=paths=source_relative proto/fedlearn/federated.proto proto/admin/admin.proto
 
 lint:
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: files above need formatting"; exit 1; }

@@ -1,4 +1,5 @@
-// Package proto will hold .proto files wire-compatible with NVFlare 2.0.x
-// (fedlearn.FederatedTraining, admin.AdminCommunicating) and their generated
-// Go code; 'make proto' regenerates it.
+// Package proto holds the gRPC protocol of NVFlare 2.0.x in two
+// sub-packages generated from our own .proto files: fedlearn (the
+// FederatedTraining service) and admin (the AdminCommunicating service).
+// 'make proto' regenerates them; the generated code is committed.
 package proto

@@ -83,8 +83,11 @@ func (u *Unpickler) Unpickle(data []byte) (v any, n int, err error) {
 	return v, n, nil
 }
 
-// Convert turns gopickle's objects into this package's values. Values of
-// other types (the caller's stand-ins) are returned as they are.
+// Convert turns values gopickle built (for instance those a caller's
+// stand-in object received through SETITEMS or BUILD) into this package's
+// values; other types are returned as they are.
+func Convert(v any) (any, error) { return convert(v, 0) }
+
 func convert(v any, depth int) (any, error) {
 	if depth > maxDepth {
 		return nil, errors.New("pickle: nested too deeply (or self-referencing)")

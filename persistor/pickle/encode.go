@@ -45,6 +45,9 @@ const (
 	opNewFalse   = 0x89
 	opLong1      = 0x8a
 	opLong4      = 0x8b
+	opNewObj     = 0x81
+	opBinBytes   = 'B'
+	opShortBytes = 'C'
 
 	batchSize = 1000 // CPython's _BATCHSIZE
 )
@@ -57,6 +60,9 @@ type Encoder struct {
 	// NoFloats makes a float an error: torch 1.13's weights_only loader
 	// refuses BINFLOAT, so .pt metadata must not contain one.
 	NoFloats bool
+	// Protocol is 2 (the default, what torch.save writes) or 3, which adds
+	// the bytes opcodes ([]byte values); the rest is written the same way.
+	Protocol int
 }
 
 type strKey struct{ s string }
@@ -78,7 +84,11 @@ func Marshal(v any) ([]byte, error) {
 // Encode writes one complete pickle of v. The memo starts afresh.
 func (e *Encoder) Encode(v any) error {
 	e.memo = make(map[any]int)
-	e.w.Write([]byte{opProto, 2})
+	proto := byte(2)
+	if e.Protocol == 3 {
+		proto = 3
+	}
+	e.w.Write([]byte{opProto, proto})
 	if err := e.save(v); err != nil {
 		return err
 	}
@@ -202,6 +212,39 @@ func (e *Encoder) save(v any) error {
 		}
 		e.w.WriteByte(opReduce)
 		e.put(v)
+		if v.State != nil {
+			if err := e.save(v.State); err != nil {
+				return err
+			}
+			e.w.WriteByte(opBuild)
+		}
+	case []byte:
+		if e.Protocol < 3 {
+			return errors.New("pickle: bytes need protocol 3")
+		}
+		if len(v) < 256 {
+			e.w.Write([]byte{opShortBytes, byte(len(v))})
+		} else {
+			e.w.WriteByte(opBinBytes)
+			binary.Write(e.w, binary.LittleEndian, uint32(len(v)))
+		}
+		e.w.Write(v)
+		e.put(nil)
+	case *Object:
+		if e.get(v) {
+			return nil
+		}
+		if err := e.save(v.Class); err != nil {
+			return err
+		}
+		if err := e.save(v.Args); err != nil {
+			return err
+		}
+		e.w.WriteByte(opNewObj)
+		e.put(v)
+		if err := e.saveItems(v.Items); err != nil {
+			return err
+		}
 		if v.State != nil {
 			if err := e.save(v.State); err != nil {
 				return err

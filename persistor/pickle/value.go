@@ -55,6 +55,17 @@ type Reduce struct {
 	State any
 }
 
+// Object is an instance Python rebuilds with cls.__new__(cls, *Args)
+// (NEWOBJ), then fills with Items (a dict subclass's entries, SETITEMS) and
+// State (BUILD) — how protocol ≥ 2 pickles instances such as NVFlare's
+// Shareable and FLContext.
+type Object struct {
+	Class Global
+	Args  Tuple
+	Items []Item
+	State any
+}
+
 // PersistentID is written as its ID followed by BINPERSID; the loader's
 // persistent_load turns it back into the object (torch's storages).
 type PersistentID struct {

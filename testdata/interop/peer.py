@@ -11,6 +11,8 @@ with a message.
   peer.py pickle-dumps OUT                     pickle.dumps(protocol 2) of a fixed object
   peer.py model-forward SD.pt X.pt OUT.pt MODE  PneumoniaModel logits (MODE eval|train) and, in train mode, the new state dict
   peer.py model-step SD.pt X.pt Y.pt LR OUT.pt  one Adam step with CrossEntropyLoss; saves loss, logits and the new state dict
+  peer.py shareable-check OURS GOLDEN           both unpickle (stand-in nvflare classes) to equal Shareables
+  peer.py flcontext-check OURS GOLDEN           both unpickle to equal FLContexts
   peer.py transform OUT.pt IMG...               per image: PIL resize to 256x256 (uint8) and the eval tensor
                                                 (Resize, CenterCrop, ToTensor, Normalize), as the seed's pipeline
 """
@@ -215,6 +217,35 @@ def main():
             rot = img.resize((256, 256), Image.BILINEAR).rotate(17.5, resample=Image.NEAREST, expand=False, fillcolor=0)
             out["rotated%d" % i] = torch.from_numpy(np.asarray(rot, dtype=np.uint8).copy())
         torch.save(out, args[0])
+    elif cmd in ("shareable-check", "flcontext-check"):
+        import logging
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "nvflare_standin"))
+        from nvflare.apis.fl_context import FLContext
+        from nvflare.apis.shareable import Shareable
+        ours = pickle.loads(open(args[0], "rb").read())
+        golden = pickle.loads(open(args[1], "rb").read())
+        if cmd == "flcontext-check":
+            if type(ours) is not FLContext:
+                fail("not an FLContext: %r" % type(ours))
+            if ours.__dict__["props"] != golden.__dict__["props"] or ours.__dict__["model"] is not None:
+                fail("FLContext differs: %r vs %r" % (ours.__dict__, golden.__dict__))
+            if not isinstance(ours.__dict__["logger"], logging.Logger):
+                fail("logger is %r" % ours.__dict__["logger"])
+            print("flcontext-check: equal")
+            return
+        if type(ours) is not Shareable:
+            fail("not a Shareable: %r" % type(ours))
+        if ours["__headers__"] != golden["__headers__"]:
+            fail("headers differ: %r vs %r" % (ours["__headers__"], golden["__headers__"]))
+        a, b = ours["DXO"], golden["DXO"]
+        if a["kind"] != b["kind"] or (a["meta"] or {}) != (b["meta"] or {}) or list(a["data"]) != list(b["data"]):
+            fail("DXO differs")
+        for k in b["data"]:
+            x, y = a["data"][k], b["data"][k]
+            if not isinstance(x, np.ndarray) or x.dtype != y.dtype or x.shape != y.shape or x.tobytes() != y.tobytes():
+                fail("array %s differs: %r %r" % (k, getattr(x, "dtype", x), y.dtype))
+            x + 1  # a real, usable array
+        print("shareable-check: equal, %d arrays" % len(b["data"]))
     else:
         fail("unknown command " + cmd)
 

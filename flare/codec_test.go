@@ -1,0 +1,228 @@
+package flare
+
+import (
+	"bytes"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	protobuf "google.golang.org/protobuf/proto"
+
+	"github.com/flarego/flarego/persistor"
+	"github.com/flarego/flarego/persistor/pickle"
+	"github.com/flarego/flarego/proto/fedlearn"
+)
+
+func fixture(t testing.TB, parts ...string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(append([]string{"..", "testdata", "nvflare"}, parts...)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestDecodeGoldenShareables(t *testing.T) {
+	s, err := DecodeShareable(fixture(t, "golden", "shareable_dxo_f32_3x3.pkl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.HeaderString(HeaderContentType) != "DXO" || s.DXO == nil || s.DXO.Kind != KindWeights {
+		t.Fatalf("headers %v dxo %v", s.Headers, s.DXO)
+	}
+	jar := s.CookieJar()
+	if v, _ := jar.Get(HeaderTaskID); v != "11111111-2222-4333-8444-555555555555" {
+		t.Errorf("cookie jar %v", jar)
+	}
+	w := s.DXO.Get("numpy_key")
+	f, _ := w.Float32s()
+	if w.DType != persistor.Float32 || len(w.Shape) != 2 || f[0] != 2 || f[8] != 10 {
+		t.Errorf("numpy_key = %v %v", w, f)
+	}
+
+	m, err := DecodeShareable(fixture(t, "golden", "shareable_dxo_multi.pkl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.DXO.Data) != 5 {
+		t.Fatalf("%d arrays", len(m.DXO.Data))
+	}
+	if n, err := m.DXO.NumSteps(); err != nil || n != 4 {
+		t.Errorf("NUM_STEPS = %v, %v", n, err)
+	}
+	var scalar *persistor.Tensor
+	for _, a := range m.DXO.Data {
+		if a.Array.DType == persistor.Int64 {
+			scalar = a.Array
+		}
+	}
+	if scalar == nil || len(scalar.Shape) != 0 || scalar.Float64At(0) != 7 {
+		t.Errorf("int64 0-d array = %v", scalar)
+	}
+	for _, name := range []string{"shareable_dxo_bare.pkl", "shareable_empty.pkl"} {
+		if _, err := DecodeShareable(fixture(t, "golden", name)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if _, err := DecodeShareable(fixture(t, "shareable.pkl")); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestDecodeFLContext(t *testing.T) {
+	c, err := DecodeFLContext(fixture(t, "golden", "fl_context_client.pkl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := c.Get("__client_name__"); v != "site-1" {
+		t.Errorf("client name %v", v)
+	}
+	if v, _ := c.Get("fl_token"); v != "00000000-0000-4000-8000-000000000001" {
+		t.Errorf("token %v", v)
+	}
+	if c.Logger != "FLContext" {
+		t.Errorf("logger %q", c.Logger)
+	}
+	if _, err := DecodeFLContext(fixture(t, "flcontext.pkl")); err != nil {
+		t.Error(err)
+	}
+}
+
+// Every task and result a real NVFlare 2.0.5 server and client sent.
+func TestDecodeWireCaptures(t *testing.T) {
+	cases := []struct {
+		file, task string
+		arrays     int
+	}{
+		{"gettask-train.CurrentTask.pb", "train", 1},
+		{"gettask-__try_again__.CurrentTask.pb", TaskTryAgain, 0},
+		{"gettask-__end_run__.CurrentTask.pb", TaskEndRun, 0},
+		{"pneumonia-gettask-train.CurrentTask.pb", "train", 18},
+	}
+	for _, c := range cases {
+		var ct fedlearn.CurrentTask
+		if err := protobuf.Unmarshal(fixture(t, "wire", c.file), &ct); err != nil {
+			t.Fatalf("%s: %v", c.file, err)
+		}
+		if ct.TaskName != c.task {
+			t.Errorf("%s: task %q", c.file, ct.TaskName)
+		}
+		s, err := DecodeShareable(ct.Data.Params["data"].Ndarray)
+		if err != nil {
+			t.Fatalf("%s: %v", c.file, err)
+		}
+		got := 0
+		if s.DXO != nil {
+			got = len(s.DXO.Data)
+		}
+		if got != c.arrays {
+			t.Errorf("%s: %d arrays, want %d", c.file, got, c.arrays)
+		}
+		if c.task == TaskTryAgain {
+			if w, ok := s.WaitTime(); !ok || w != 2 {
+				t.Errorf("%s: wait time %v, %v", c.file, w, ok)
+			}
+		}
+		if c.task == "train" && s.HeaderString(HeaderTaskID) == "" {
+			t.Errorf("%s: no task id", c.file)
+		}
+		if fc, ok := ct.Data.Params["fl_context"]; ok {
+			if _, err := DecodeFLContext(fc.Ndarray); err != nil {
+				t.Errorf("%s fl_context: %v", c.file, err)
+			}
+		}
+	}
+	for _, f := range []string{"submit-train.Contribution.pb", "pneumonia-submit-train.Contribution.pb"} {
+		var c fedlearn.Contribution
+		if err := protobuf.Unmarshal(fixture(t, "wire", f), &c); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		s, err := DecodeShareable(c.Data.Params["data"].Ndarray)
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if s.DXO == nil || s.DXO.Kind != KindWeights || s.CookieJar() == nil {
+			t.Errorf("%s: %v", f, s.Headers)
+		}
+		if strings.HasPrefix(f, "pneumonia") {
+			if n, err := s.DXO.NumSteps(); err != nil || n <= 0 {
+				t.Errorf("%s: NUM_STEPS %v %v", f, n, err)
+			}
+			if fc := s.DXO.Get("fc.weight"); fc == nil || len(fc.Shape) != 2 || fc.Shape[1] != 401408 {
+				t.Errorf("%s: fc.weight %v", f, fc)
+			}
+		}
+	}
+}
+
+func TestShareableRoundTrip(t *testing.T) {
+	orig, err := DecodeShareable(fixture(t, "golden", "shareable_dxo_multi.pkl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	orig.SetHeader(HeaderRC, RCOK)
+	b, err := EncodeShareable(orig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeShareable(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range orig.DXO.Data {
+		c := back.DXO.Data[i]
+		if a.Name != c.Name || a.Array.DType != c.Array.DType || !bytes.Equal(a.Array.Data, c.Array.Data) {
+			t.Fatalf("array %s differs after a round trip", a.Name)
+		}
+	}
+	if back.ReturnCode() != RCOK || back.CookieJar() == nil {
+		t.Fatalf("headers %v", back.Headers)
+	}
+	ctx := &FLContext{Props: []Prop{{"__run_num__", int64(1), 1}, {"__client_name__", "site-1", 1}}}
+	cb, err := EncodeFLContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := DecodeFLContext(cb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := c2.Get("__client_name__"); v != "site-1" {
+		t.Fatalf("FLContext round trip: %v", c2.Props)
+	}
+}
+
+func TestHostileWirePickles(t *testing.T) {
+	for name, data := range map[string]string{
+		"os.system":        "\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x8c\x06system\x93\x8c\x02id\x85R.",
+		"builtins.eval":    "\x80\x02cbuiltins\neval\nX\x01\x00\x00\x001\x85R.",
+		"object array":     "\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R(K\x01K\x01\x85cnumpy\ndtype\nX\x02\x00\x00\x00O8\x89\x88\x87R\x89]tb.",
+		"not a Shareable":  "\x80\x02}.",
+		"truncated":        "\x80\x04\x95\x10\x00",
+	} {
+		if _, err := DecodeShareable([]byte(data)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestWeightsDXO(t *testing.T) {
+	sd := persistor.NewStateDict()
+	sd.Set("w", persistor.FromFloat32([]float32{1, float32(math.Pi)}, 2))
+	d := WeightsDXO(sd, &pickle.Dict{Items: []pickle.Item{{Key: MetaNumStepsCurrentRound, Value: 5}}})
+	s := NewShareable()
+	s.DXO = d
+	b, err := EncodeShareable(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := DecodeShareable(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := back.DXO.NumSteps(); n != 5 {
+		t.Fatalf("NUM_STEPS %d", n)
+	}
+}

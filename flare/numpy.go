@@ -1,0 +1,157 @@
+package flare
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/nlpodyssey/gopickle/types"
+
+	"github.com/flarego/flarego/persistor"
+	"github.com/flarego/flarego/persistor/pickle"
+)
+
+// numpy dtype codes ↔ tensor dtypes (numpy has no bfloat16).
+var dtypeCodes = map[string]persistor.DType{
+	"f4": persistor.Float32, "f8": persistor.Float64, "f2": persistor.Float16,
+	"i8": persistor.Int64, "i4": persistor.Int32, "i2": persistor.Int16, "i1": persistor.Int8,
+	"u1": persistor.Uint8, "b1": persistor.Bool,
+}
+
+type dtype struct {
+	code  string
+	order string // '<', '>', '|' (from BUILD); '=' until then
+}
+
+func newDtype(args ...any) (any, error) {
+	if len(args) < 1 {
+		return nil, errors.New("numpy.dtype needs a type code")
+	}
+	code, ok := args[0].(string)
+	if !ok {
+		return nil, errors.New("numpy.dtype code is not a string")
+	}
+	if _, ok := dtypeCodes[code]; !ok {
+		return nil, fmt.Errorf("numpy dtype %q is not supported", code)
+	}
+	return &dtype{code: code, order: "="}, nil
+}
+
+// PySetState takes numpy's dtype state (version, byteorder, ...).
+func (d *dtype) PySetState(state any) error {
+	t, ok := state.(*types.Tuple)
+	if !ok || t.Len() < 2 {
+		return errors.New("numpy dtype state is not a tuple")
+	}
+	order, ok := t.Get(1).(string)
+	if !ok {
+		return errors.New("numpy dtype byte order is not a string")
+	}
+	d.order = order
+	return nil
+}
+
+// ndarray stands for numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')
+// filled by BUILD with (version, shape, dtype, fortran, bytes).
+type ndarray struct {
+	shape   []int
+	dt      *dtype
+	fortran bool
+	data    []byte
+	built   bool
+}
+
+func reconstruct(args ...any) (any, error) {
+	if len(args) != 3 {
+		return nil, errors.New("_reconstruct takes three arguments")
+	}
+	if _, ok := args[0].(ndarrayClass); !ok {
+		return nil, errors.New("_reconstruct of something other than numpy.ndarray")
+	}
+	return &ndarray{}, nil
+}
+
+func (a *ndarray) PySetState(state any) error {
+	t, ok := state.(*types.Tuple)
+	if !ok || t.Len() != 5 {
+		return errors.New("numpy array state is not a 5-tuple")
+	}
+	shape, ok := t.Get(1).(*types.Tuple)
+	if !ok || shape.Len() > 32 {
+		return errors.New("numpy array shape is not a tuple")
+	}
+	for i := 0; i < shape.Len(); i++ {
+		n, ok := toInt64(shape.Get(i))
+		if !ok || n < 0 || n > 1<<40 {
+			return errors.New("numpy array shape is not made of sizes")
+		}
+		a.shape = append(a.shape, int(n))
+	}
+	if a.dt, ok = t.Get(2).(*dtype); !ok {
+		return errors.New("numpy array dtype missing")
+	}
+	a.fortran, _ = t.Get(3).(bool)
+	switch d := t.Get(4).(type) {
+	case []byte:
+		a.data = d
+	case string: // protocol 2 from Python 2 peers: latin-1 text
+		a.data = make([]byte, 0, len(d))
+		for _, r := range d {
+			if r > 255 {
+				return errors.New("numpy array data is not latin-1")
+			}
+			a.data = append(a.data, byte(r))
+		}
+	default:
+		return fmt.Errorf("numpy array data is a %T (object arrays are not accepted)", t.Get(4))
+	}
+	a.built = true
+	return nil
+}
+
+// tensor checks the array and returns it as a C-ordered little-endian tensor.
+func (a *ndarray) tensor() (*persistor.Tensor, error) {
+	if !a.built {
+		return nil, errors.New("numpy array without state")
+	}
+	dt := dtypeCodes[a.dt.code]
+	if a.dt.order == ">" && dt.Size() > 1 {
+		return nil, errors.New("big-endian numpy arrays are not supported")
+	}
+	t, err := persistor.NewTensor(dt, a.shape...)
+	if err != nil {
+		return nil, err
+	}
+	if len(a.data) != len(t.Data) {
+		return nil, fmt.Errorf("numpy array of shape %v has %d bytes, want %d", a.shape, len(a.data), len(t.Data))
+	}
+	if a.fortran && len(a.shape) > 1 {
+		return nil, errors.New("Fortran-ordered numpy arrays are not supported")
+	}
+	t.Data = a.data
+	return t, nil
+}
+
+// ndarrayValue writes a tensor as numpy pickles an array.
+func ndarrayValue(t *persistor.Tensor) (any, error) {
+	code := ""
+	for c, d := range dtypeCodes {
+		if d == t.DType {
+			code = c
+		}
+	}
+	if code == "" {
+		return nil, fmt.Errorf("%s has no numpy dtype", t.DType)
+	}
+	order := "<"
+	if t.DType.Size() == 1 {
+		order = "|"
+	}
+	dt := &pickle.Reduce{Func: globalDtype, Args: pickle.Tuple{code, false, true},
+		State: pickle.Tuple{3, order, nil, nil, nil, -1, -1, 0}}
+	shape := make(pickle.Tuple, len(t.Shape))
+	for i, s := range t.Shape {
+		shape[i] = s
+	}
+	return &pickle.Reduce{Func: globalRecons, Args: pickle.Tuple{globalNdarray, pickle.Tuple{0}, []byte("b")},
+		State: pickle.Tuple{1, shape, dt, false, t.Data}}, nil
+}

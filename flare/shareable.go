@@ -1,0 +1,177 @@
+// Package flare is NVFlare 2.0 in Go: the Shareable, DXO and FLContext that
+// travel between server and clients, their pickle codec, and (to come) the
+// client and server runtimes and job configuration.
+//
+// The wire carries Python pickles inside protobuf messages. [DecodeShareable]
+// reads them through the guarded unpickler of persistor/pickle, which builds
+// only NVFlare's Shareable and FLContext, numpy arrays and dtypes, and
+// logging.getLogger, never anything else; [EncodeShareable] writes pickles
+// that Python's pickle.loads turns back into the real classes.
+package flare
+
+import (
+	"fmt"
+
+	"github.com/flarego/flarego/persistor"
+	"github.com/flarego/flarego/persistor/pickle"
+)
+
+// Return codes (Shareable header __rc__), as NVFlare 2.0 spells them.
+const (
+	RCOK                 = "OK"
+	RCBadTaskData        = "BAD_TASK_DATA"
+	RCTaskUnknown        = "TASK_UNKNOWN"
+	RCExecutionException = "EXECUTION_EXCEPTION"
+	RCTaskAborted        = "TASK_ABORTED"
+)
+
+// Header keys of a Shareable.
+const (
+	HeaderContentType  = "__content_type__"
+	HeaderTaskID       = "__task_id__"
+	HeaderTaskName     = "__task_name__"
+	HeaderRC           = "__rc__"
+	HeaderCookieJar    = "__cookie_jar__"
+	HeaderWorkflow     = "__workflow__"
+	HeaderWaitTime     = "__wait_time__"
+	HeaderCurrentRound = "current_round"
+	HeaderNumRounds    = "num_rounds"
+)
+
+// Special task names the server answers GetTask with.
+const (
+	TaskTryAgain = "__try_again__"
+	TaskEndRun   = "__end_run__"
+)
+
+// DXO kinds and meta keys.
+const (
+	KindWeights    = "WEIGHTS"
+	KindWeightDiff = "WEIGHT_DIFF"
+	KindMetrics    = "METRICS"
+
+	MetaNumStepsCurrentRound = "NUM_STEPS_CURRENT_ROUND"
+)
+
+// A Shareable is NVFlare's message body: a dict with "__headers__" and,
+// for task data and results, a "DXO" entry.
+type Shareable struct {
+	Headers *pickle.Dict
+	DXO     *DXO          // nil when absent
+	Extra   []pickle.Item // other top-level entries, kept in order
+}
+
+// NewShareable returns a Shareable with empty headers.
+func NewShareable() *Shareable { return &Shareable{Headers: &pickle.Dict{}} }
+
+// Header returns a header's value.
+func (s *Shareable) Header(key string) (any, bool) { return s.Headers.Get(key) }
+
+// HeaderString returns a string header, or "".
+func (s *Shareable) HeaderString(key string) string {
+	v, _ := s.Headers.Get(key)
+	str, _ := v.(string)
+	return str
+}
+
+// SetHeader sets a header.
+func (s *Shareable) SetHeader(key string, v any) { s.Headers.Set(key, v) }
+
+// ReturnCode is the __rc__ header, "OK" when absent.
+func (s *Shareable) ReturnCode() string {
+	if rc := s.HeaderString(HeaderRC); rc != "" {
+		return rc
+	}
+	return RCOK
+}
+
+// WaitTime is how long the server asks a client to wait before the next
+// GetTask (with __try_again__). NVFlare 2.0.5 puts __wait_time__ at the top
+// level of the Shareable, not in its headers; both are read.
+func (s *Shareable) WaitTime() (float64, bool) {
+	v, ok := s.Headers.Get(HeaderWaitTime)
+	if !ok {
+		for _, it := range s.Extra {
+			if it.Key == HeaderWaitTime {
+				v, ok = it.Value, true
+			}
+		}
+	}
+	switch n := v.(type) {
+	case int64:
+		return float64(n), ok
+	case float64:
+		return n, ok
+	}
+	return 0, false
+}
+
+// CookieJar returns the __cookie_jar__ header a result must echo back.
+func (s *Shareable) CookieJar() *pickle.Dict {
+	v, _ := s.Headers.Get(HeaderCookieJar)
+	d, _ := v.(*pickle.Dict)
+	return d
+}
+
+// A DXO is NVFlare's data exchange object: a kind, named arrays, and meta.
+type DXO struct {
+	Kind string
+	Data []NamedArray
+	Meta *pickle.Dict
+}
+
+// NamedArray is one entry of a DXO's data: a numpy array as a tensor.
+type NamedArray struct {
+	Name  string
+	Array *persistor.Tensor
+}
+
+// Get returns the named array or nil.
+func (d *DXO) Get(name string) *persistor.Tensor {
+	for _, a := range d.Data {
+		if a.Name == name {
+			return a.Array
+		}
+	}
+	return nil
+}
+
+// NumSteps returns the NUM_STEPS_CURRENT_ROUND meta value.
+func (d *DXO) NumSteps() (int64, error) {
+	if d.Meta == nil {
+		return 0, fmt.Errorf("DXO has no meta %s", MetaNumStepsCurrentRound)
+	}
+	v, ok := d.Meta.Get(MetaNumStepsCurrentRound)
+	if !ok {
+		return 0, fmt.Errorf("DXO has no meta %s", MetaNumStepsCurrentRound)
+	}
+	switch n := v.(type) {
+	case int64:
+		return n, nil
+	case float64:
+		return int64(n), nil
+	}
+	return 0, fmt.Errorf("DXO meta %s is a %s", MetaNumStepsCurrentRound, pickle.TypeName(v))
+}
+
+// StateDict returns the DXO's arrays as a state dict (weights in PyTorch's
+// names), sharing their memory.
+func (d *DXO) StateDict() *persistor.StateDict {
+	sd := persistor.NewStateDict()
+	for _, a := range d.Data {
+		sd.Set(a.Name, a.Array)
+	}
+	return sd
+}
+
+// WeightsDXO makes a WEIGHTS DXO from a state dict.
+func WeightsDXO(sd *persistor.StateDict, meta *pickle.Dict) *DXO {
+	d := &DXO{Kind: KindWeights, Meta: meta}
+	if d.Meta == nil {
+		d.Meta = &pickle.Dict{}
+	}
+	for _, n := range sd.Names() {
+		d.Data = append(d.Data, NamedArray{n, sd.Get(n)})
+	}
+	return d
+}

@@ -1,0 +1,2 @@
+class FLContext(object):
+    """nvflare.apis.fl_context.FLContext: state {model, props, logger}."""
