@@ -196,11 +196,11 @@ func TestShareableRoundTrip(t *testing.T) {
 
 func TestHostileWirePickles(t *testing.T) {
 	for name, data := range map[string]string{
-		"os.system":        "\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x8c\x06system\x93\x8c\x02id\x85R.",
-		"builtins.eval":    "\x80\x02cbuiltins\neval\nX\x01\x00\x00\x001\x85R.",
-		"object array":     "\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R(K\x01K\x01\x85cnumpy\ndtype\nX\x02\x00\x00\x00O8\x89\x88\x87R\x89]tb.",
-		"not a Shareable":  "\x80\x02}.",
-		"truncated":        "\x80\x04\x95\x10\x00",
+		"os.system":       "\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x8c\x06system\x93\x8c\x02id\x85R.",
+		"builtins.eval":   "\x80\x02cbuiltins\neval\nX\x01\x00\x00\x001\x85R.",
+		"object array":    "\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R(K\x01K\x01\x85cnumpy\ndtype\nX\x02\x00\x00\x00O8\x89\x88\x87R\x89]tb.",
+		"not a Shareable": "\x80\x02}.",
+		"truncated":       "\x80\x04\x95\x10\x00",
 	} {
 		if _, err := DecodeShareable([]byte(data)); err == nil {
 			t.Errorf("%s: accepted", name)
