@@ -104,6 +104,11 @@ func FromFloat32(v []float32, shape ...int) *Tensor {
 	return &Tensor{DType: Float32, Shape: append([]int{}, shape...), Data: bytesOf(v)}
 }
 
+// FromFloat64 makes a float64 tensor that shares v's memory.
+func FromFloat64(v []float64, shape ...int) *Tensor {
+	return &Tensor{DType: Float64, Shape: append([]int{}, shape...), Data: bytesOf(v)}
+}
+
 // FromInt64 makes an int64 tensor that shares v's memory.
 func FromInt64(v []int64, shape ...int) *Tensor {
 	return &Tensor{DType: Int64, Shape: append([]int{}, shape...), Data: bytesOf(v)}

@@ -1,0 +1,239 @@
+package flare
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding/gzip"
+	"google.golang.org/grpc/status"
+
+	"github.com/flarego/flarego/proto/fedlearn"
+)
+
+// Client is a site: it registers with the FL server, keeps its registration
+// alive, and runs the tasks GetTask hands out with its executors until the
+// server says the run has ended. It speaks NVFlare 2.0's protocol.
+type Client struct {
+	Name    string
+	Target  string              // host:port of the server
+	Tasks   map[string]Executor // task name → executor
+	Project string
+	Logf    func(format string, args ...any)
+
+	// DialOptions replace the default (insecure) transport, e.g. for mutual TLS.
+	DialOptions []grpc.DialOption
+	// Heartbeat is the heartbeat interval (NVFlare: 60 s).
+	Heartbeat time.Duration
+	// GiveUp bounds how long the server may be unreachable (default 5 min).
+	GiveUp time.Duration
+
+	conn  *grpc.ClientConn
+	fl    fedlearn.FederatedTrainingClient
+	token string
+}
+
+func (c *Client) logf(format string, args ...any) {
+	if c.Logf != nil {
+		c.Logf(format, args...)
+	}
+}
+
+// Run works until the run ends, ctx is cancelled, or the server stays away
+// longer than GiveUp.
+func (c *Client) Run(ctx context.Context) error {
+	opts := c.DialOptions
+	if opts == nil {
+		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	}
+	opts = append(opts, grpc.WithDefaultCallOptions(grpc.UseCompressor(gzip.Name),
+		grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)))
+	conn, err := grpc.NewClient(c.Target, opts...)
+	if err != nil {
+		return fmt.Errorf("client %s: %w", c.Name, err)
+	}
+	defer conn.Close()
+	c.conn, c.fl = conn, fedlearn.NewFederatedTrainingClient(conn)
+	if c.GiveUp == 0 {
+		c.GiveUp = 5 * time.Minute
+	}
+	if err := c.register(ctx); err != nil {
+		return err
+	}
+	hbCtx, stopHB := context.WithCancel(ctx)
+	defer stopHB()
+	go c.heartbeat(hbCtx)
+	for {
+		task, err := c.getTask(ctx)
+		if err != nil {
+			return err
+		}
+		switch task.TaskName {
+		case TaskEndRun:
+			c.logf("client %s: run ended", c.Name)
+			return nil
+		case TaskTryAgain:
+			wait := time.Second
+			if sh, err := DecodeShareable(task.Data.GetParams()["data"].GetNdarray()); err == nil {
+				if w, ok := sh.WaitTime(); ok && w > 0 {
+					wait = time.Duration(w * float64(time.Second))
+				}
+			}
+			if err := sleep(ctx, min(wait, 2*time.Second)); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := c.runTask(ctx, task); err != nil {
+			return err
+		}
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// retry calls f until it succeeds, the error is not transient, or GiveUp
+// passes, backing off from 200 ms to 5 s.
+func (c *Client) retry(ctx context.Context, what string, f func() error) error {
+	start := time.Now()
+	backoff := 200 * time.Millisecond
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if st, ok := status.FromError(err); !ok || (st.Code() != codes.Unavailable && st.Code() != codes.DeadlineExceeded) {
+			return err
+		}
+		if time.Since(start) > c.GiveUp {
+			return fmt.Errorf("client %s: %s: server unreachable for %s: %w", c.Name, what, c.GiveUp.Round(time.Second), err)
+		}
+		if err := sleep(ctx, backoff); err != nil {
+			return err
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (c *Client) register(ctx context.Context) error {
+	return c.retry(ctx, "register", func() error {
+		resp, err := c.fl.Register(ctx, &fedlearn.ClientLogin{ClientName: c.Name, Meta: c.meta()})
+		if err != nil {
+			return err
+		}
+		c.token = resp.Token
+		c.logf("client %s: registered", c.Name)
+		return nil
+	})
+}
+
+func (c *Client) meta() *fedlearn.MetaData {
+	p := c.Project
+	if p == "" {
+		p = "example_project"
+	}
+	return &fedlearn.MetaData{Project: &fedlearn.MetaData_Project{Name: p}}
+}
+
+func (c *Client) heartbeat(ctx context.Context) {
+	every := c.Heartbeat
+	if every == 0 {
+		every = 60 * time.Second
+	}
+	for sleep(ctx, every) == nil {
+		c.fl.Heartbeat(ctx, &fedlearn.Token{Token: c.token, ClientName: c.Name})
+	}
+}
+
+func (c *Client) state() *fedlearn.ClientState {
+	return &fedlearn.ClientState{ClientName: c.Name, Token: c.token, Meta: c.meta()}
+}
+
+// getTask asks for work, registering again if the server forgot us (it
+// restarted or dropped us).
+func (c *Client) getTask(ctx context.Context) (*fedlearn.CurrentTask, error) {
+	var task *fedlearn.CurrentTask
+	for {
+		err := c.retry(ctx, "get task", func() error {
+			var err error
+			task, err = c.fl.GetTask(ctx, c.state())
+			return err
+		})
+		if status.Code(err) == codes.Unauthenticated {
+			c.logf("client %s: server does not know us (restarted?); registering again", c.Name)
+			if err := c.register(ctx); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		return task, err
+	}
+}
+
+func (c *Client) runTask(ctx context.Context, task *fedlearn.CurrentTask) error {
+	sh, err := DecodeShareable(task.Data.GetParams()["data"].GetNdarray())
+	if err != nil {
+		return fmt.Errorf("client %s: task %s: %w", c.Name, task.TaskName, err)
+	}
+	var fl *FLContext
+	if p := task.Data.GetParams()["fl_context"]; p != nil {
+		if fl, err = DecodeFLContext(p.Ndarray); err != nil {
+			return fmt.Errorf("client %s: task %s: %w", c.Name, task.TaskName, err)
+		}
+	}
+	result := NewShareable()
+	ex, ok := c.Tasks[task.TaskName]
+	if !ok {
+		result.SetHeader(HeaderRC, RCTaskUnknown)
+	} else {
+		c.logf("client %s: running task %s", c.Name, task.TaskName)
+		r, err := ex.Execute(ctx, task.TaskName, sh, fl)
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case err != nil:
+			c.logf("client %s: task %s failed: %v", c.Name, task.TaskName, err)
+			result.SetHeader(HeaderRC, RCExecutionException)
+		default:
+			result = r
+		}
+	}
+	// Echo what the server needs to match the result to its task.
+	if jar := sh.CookieJar(); jar != nil {
+		result.SetHeader(HeaderCookieJar, jar)
+	}
+	result.SetHeader(HeaderTaskID, sh.HeaderString(HeaderTaskID))
+	result.SetHeader(HeaderTaskName, task.TaskName)
+	if _, ok := result.Header(HeaderRC); !ok {
+		result.SetHeader(HeaderRC, RCOK)
+	}
+	data, err := EncodeShareable(result)
+	if err != nil {
+		return fmt.Errorf("client %s: encoding the result: %w", c.Name, err)
+	}
+	err = c.retry(ctx, "submit", func() error {
+		_, err := c.fl.SubmitUpdate(ctx, &fedlearn.Contribution{Client: c.state(), TaskName: task.TaskName,
+			Data: &fedlearn.ModelData{Params: map[string]*fedlearn.NDArray{"data": {Ndarray: data}}}})
+		return err
+	})
+	if status.Code(err) == codes.Unauthenticated {
+		c.logf("client %s: result refused, the server restarted; registering again", c.Name)
+		return c.register(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("client %s: submitting %s: %w", c.Name, task.TaskName, err)
+	}
+	return nil
+}

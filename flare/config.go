@@ -1,0 +1,140 @@
+package flare
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// Component is one entry of an NVFlare job config: an id, the Python path
+// of its class, and its arguments.
+type Component struct {
+	ID   string          `json:"id"`
+	Path string          `json:"path"`
+	Args json.RawMessage `json:"args"`
+}
+
+// ServerConfig is config_fed_server.json (format_version 2).
+type ServerConfig struct {
+	FormatVersion int `json:"format_version"`
+	Server        struct {
+		HeartBeatTimeout float64 `json:"heart_beat_timeout"`
+	} `json:"server"`
+	Components        []Component `json:"components"`
+	Workflows         []Component `json:"workflows"`
+	TaskDataFilters   []Component `json:"task_data_filters"`
+	TaskResultFilters []Component `json:"task_result_filters"`
+}
+
+// ExecutorConfig maps tasks to an executor in config_fed_client.json.
+type ExecutorConfig struct {
+	Tasks    []string  `json:"tasks"`
+	Executor Component `json:"executor"`
+}
+
+// ClientConfig is config_fed_client.json (format_version 2).
+type ClientConfig struct {
+	FormatVersion     int              `json:"format_version"`
+	Executors         []ExecutorConfig `json:"executors"`
+	Components        []Component      `json:"components"`
+	TaskDataFilters   []Component      `json:"task_data_filters"`
+	TaskResultFilters []Component      `json:"task_result_filters"`
+}
+
+// ScatterAndGatherArgs are the workflow's arguments, with NVFlare's defaults.
+type ScatterAndGatherArgs struct {
+	MinClients               int     `json:"min_clients"`
+	NumRounds                int     `json:"num_rounds"`
+	StartRound               int     `json:"start_round"`
+	WaitTimeAfterMinReceived float64 `json:"wait_time_after_min_received"`
+	AggregatorID             string  `json:"aggregator_id"`
+	PersistorID              string  `json:"persistor_id"`
+	ShareableGeneratorID     string  `json:"shareable_generator_id"`
+	TrainTaskName            string  `json:"train_task_name"`
+	TrainTimeout             float64 `json:"train_timeout"`
+}
+
+// AggregatorArgs are InTimeAccumulateWeightedAggregator's arguments.
+type AggregatorArgs struct {
+	ExpectedDataKind string `json:"expected_data_kind"`
+}
+
+// Job is an NVFlare app folder: config/ and custom/.
+type Job struct {
+	Dir    string
+	Server *ServerConfig
+	Client *ClientConfig
+}
+
+const maxConfigBytes = 1 << 20
+
+func readJSON(path string, v any) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	dec := json.NewDecoder(io.LimitReader(f, maxConfigBytes))
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// LoadJob reads an app folder's config/config_fed_server.json and
+// config/config_fed_client.json (either may be absent: a server needs only
+// the first, a client the second).
+func LoadJob(dir string) (*Job, error) {
+	j := &Job{Dir: dir}
+	sp := filepath.Join(dir, "config", "config_fed_server.json")
+	if _, err := os.Stat(sp); err == nil {
+		j.Server = &ServerConfig{}
+		if err := readJSON(sp, j.Server); err != nil {
+			return nil, err
+		}
+	}
+	cp := filepath.Join(dir, "config", "config_fed_client.json")
+	if _, err := os.Stat(cp); err == nil {
+		j.Client = &ClientConfig{}
+		if err := readJSON(cp, j.Client); err != nil {
+			return nil, err
+		}
+	}
+	if j.Server == nil && j.Client == nil {
+		return nil, fmt.Errorf("%s: no config/config_fed_server.json or config/config_fed_client.json", dir)
+	}
+	return j, nil
+}
+
+// Component returns the server component with the given id.
+func (c *ServerConfig) Component(id string) (Component, error) {
+	for _, comp := range c.Components {
+		if comp.ID == id {
+			return comp, nil
+		}
+	}
+	return Component{}, fmt.Errorf("config_fed_server.json has no component %q", id)
+}
+
+// ScatterAndGather returns the workflow's arguments with defaults filled in.
+func (c *ServerConfig) ScatterAndGather() (*ScatterAndGatherArgs, error) {
+	for _, w := range c.Workflows {
+		if w.Path != PathScatterAndGather && w.Path != "ScatterAndGather" {
+			return nil, fmt.Errorf("workflow %q: %w", w.Path, ErrNotImplemented)
+		}
+		a := &ScatterAndGatherArgs{MinClients: 1, NumRounds: 5, WaitTimeAfterMinReceived: 10,
+			AggregatorID: "aggregator", PersistorID: "persistor", ShareableGeneratorID: "shareable_generator", TrainTaskName: "train"}
+		if len(w.Args) > 0 {
+			if err := json.Unmarshal(w.Args, a); err != nil {
+				return nil, fmt.Errorf("workflow %s args: %w", w.ID, err)
+			}
+		}
+		if a.MinClients < 1 || a.NumRounds < 1 || a.StartRound < 0 || a.StartRound > a.NumRounds || a.WaitTimeAfterMinReceived < 0 {
+			return nil, fmt.Errorf("workflow %s: bad min_clients/num_rounds/start_round/wait time", w.ID)
+		}
+		return a, nil
+	}
+	return nil, fmt.Errorf("config_fed_server.json has no workflow")
+}

@@ -1,0 +1,209 @@
+package flare
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/flarego/flarego/persistor"
+	"github.com/flarego/flarego/persistor/pickle"
+	"github.com/flarego/flarego/proto/fedlearn"
+)
+
+// memPersistor keeps every saved model.
+type memPersistor struct {
+	mu    sync.Mutex
+	init  *persistor.StateDict
+	saved []*persistor.StateDict
+}
+
+func (m *memPersistor) Load() (*persistor.Checkpoint, error) {
+	return &persistor.Checkpoint{Model: m.init}, nil
+}
+
+func (m *memPersistor) Save(c *persistor.Checkpoint) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.saved = append(m.saved, c.Model)
+	return nil
+}
+
+// addExecutor returns the weights plus delta, with NUM_STEPS steps.
+type addExecutor struct {
+	delta float32
+	steps int64
+	delay time.Duration
+}
+
+func (e addExecutor) Execute(ctx context.Context, task string, data *Shareable, fl *FLContext) (*Shareable, error) {
+	if fl == nil {
+		return nil, fmt.Errorf("no FLContext")
+	}
+	time.Sleep(e.delay)
+	sd := persistor.NewStateDict()
+	for _, a := range data.DXO.Data {
+		if a.Array.DType != persistor.Float32 {
+			sd.Set(a.Name, a.Array)
+			continue
+		}
+		v, _ := a.Array.Float32s()
+		w := make([]float32, len(v))
+		for i := range v {
+			w[i] = v[i] + e.delta
+		}
+		sd.Set(a.Name, persistor.FromFloat32(w, a.Array.Shape...))
+	}
+	out := NewShareable()
+	out.DXO = WeightsDXO(sd, &pickle.Dict{Items: []pickle.Item{{Key: MetaNumStepsCurrentRound, Value: e.steps}}})
+	return out, nil
+}
+
+func testServerConfig(minClients, rounds int, wait float64) *ServerConfig {
+	raw := fmt.Sprintf(`{"format_version": 2, "server": {"heart_beat_timeout": 600},
+ "components": [
+  {"id": "persistor", "path": "test.MemPersistor", "args": {}},
+  {"id": "shareable_generator", "path": %q, "args": {}},
+  {"id": "aggregator", "path": %q, "args": {"expected_data_kind": "WEIGHTS"}}],
+ "workflows": [{"id": "scatter_and_gather", "path": %q, "args": {"min_clients": %d, "num_rounds": %d, "start_round": 0,
+   "wait_time_after_min_received": %g, "train_task_name": "train", "train_timeout": 0}}]}`,
+		PathFullModelGenerator, PathWeightedAggregator, PathScatterAndGather, minClients, rounds, wait)
+	var c ServerConfig
+	if err := json.Unmarshal([]byte(raw), &c); err != nil {
+		panic(err)
+	}
+	return &c
+}
+
+func startServer(t *testing.T, cfg *ServerConfig, p *memPersistor) (*Server, string, chan error) {
+	t.Helper()
+	reg := &Registry{Persistors: map[string]func(json.RawMessage) (ModelPersistor, error){
+		"test.MemPersistor": func(json.RawMessage) (ModelPersistor, error) { return p, nil }}}
+	srv, err := NewServer(cfg, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Logf = t.Logf
+	srv.EndGrace = time.Second
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), lis) }()
+	return srv, lis.Addr().String(), done
+}
+
+func initModel() *persistor.StateDict {
+	sd := persistor.NewStateDict()
+	sd.Set("w", persistor.FromFloat32([]float32{1, 2, 3, 4}, 2, 2))
+	sd.Set("bn.num_batches_tracked", persistor.FromInt64([]int64{0}))
+	return sd
+}
+
+func TestScatterAndGatherWeightedMean(t *testing.T) {
+	p := &memPersistor{init: initModel()}
+	_, addr, done := startServer(t, testServerConfig(2, 2, 0), p)
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	for i, ex := range []addExecutor{{delta: 1, steps: 1}, {delta: 4, steps: 3}} {
+		wg.Add(1)
+		go func(i int, ex addExecutor) {
+			defer wg.Done()
+			c := &Client{Name: fmt.Sprintf("site-%d", i+1), Target: addr, Tasks: map[string]Executor{"train": ex}, Logf: t.Logf}
+			errs <- c.Run(context.Background())
+		}(i, ex)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(p.saved) != 2 {
+		t.Fatalf("%d models saved, want one per round", len(p.saved))
+	}
+	// Each round adds the weighted mean of the deltas: (1·1 + 3·4)/4 = 3.25.
+	for r, want := range [][]float64{{4.25, 5.25, 6.25, 7.25}, {7.5, 8.5, 9.5, 10.5}} {
+		w, _ := p.saved[r].Get("w").Float32s()
+		for i := range want {
+			if math.Abs(float64(w[i])-want[i]) > 1e-6 {
+				t.Fatalf("round %d: w = %v, want %v", r, w, want)
+			}
+		}
+	}
+	if nb := p.saved[1].Get("bn.num_batches_tracked"); nb.DType != persistor.Float64 {
+		t.Errorf("num_batches_tracked aggregated as %s (NVFlare makes it float64)", nb.DType)
+	}
+}
+
+// A client that dies mid-round does not stop a round that has min_clients.
+func TestRoundCompletesWithoutDeadClient(t *testing.T) {
+	p := &memPersistor{init: initModel()}
+	_, addr, done := startServer(t, testServerConfig(1, 1, 0.5), p)
+	ctx, kill := context.WithCancel(context.Background())
+	slow := &Client{Name: "slow", Target: addr, Tasks: map[string]Executor{"train": addExecutor{delta: 100, steps: 1, delay: 2 * time.Second}}}
+	go slow.Run(ctx)
+	time.Sleep(200 * time.Millisecond)
+	kill() // killed while training
+	fast := &Client{Name: "fast", Target: addr, Tasks: map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}}
+	if err := fast.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	w, _ := p.saved[0].Get("w").Float32s()
+	if w[0] != 2 {
+		t.Fatalf("w = %v: the dead client's result leaked in", w)
+	}
+}
+
+// A hostile pickle is refused, nothing runs, and the connection and the
+// server go on working.
+func TestHostileResultRejected(t *testing.T) {
+	p := &memPersistor{init: initModel()}
+	srv, addr, done := startServer(t, testServerConfig(1, 1, 0), p)
+	defer srv.Stop()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fl := fedlearn.NewFederatedTrainingClient(conn)
+	reg, err := fl.Register(context.Background(), &fedlearn.ClientLogin{ClientName: "evil"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil := []byte("\x80\x02cos\nsystem\nX\x05\x00\x00\x00touch\x85R.")
+	_, err = fl.SubmitUpdate(context.Background(), &fedlearn.Contribution{Client: &fedlearn.ClientState{Token: reg.Token, ClientName: "evil"},
+		Data: &fedlearn.ModelData{Params: map[string]*fedlearn.NDArray{"data": {Ndarray: evil}}}})
+	if err == nil {
+		t.Fatal("hostile pickle accepted")
+	}
+	t.Logf("refused: %v", err)
+	if _, err := fl.Heartbeat(context.Background(), &fedlearn.Token{Token: reg.Token}); err != nil {
+		t.Fatalf("connection broken after a hostile message: %v", err)
+	}
+	if _, err := fl.GetTask(context.Background(), &fedlearn.ClientState{Token: "forged"}); err == nil {
+		t.Fatal("forged token accepted")
+	}
+	good := &Client{Name: "good", Target: addr, Tasks: map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}}
+	if err := good.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
