@@ -44,7 +44,7 @@ python-peers:
 
 # Cross-checks against the real peers: Python's cryptography and torch 1.13.
 interop: python-peers
-	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -v -run Interop ./persistor ./model ./flare
+	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -v -run Interop ./persistor ./model ./flare ./worker
 
 bench: build python-peers
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./persistor ./model

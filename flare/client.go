@@ -26,6 +26,9 @@ type Client struct {
 
 	// DialOptions replace the default (insecure) transport, e.g. for mutual TLS.
 	DialOptions []grpc.DialOption
+	// Gzip compresses requests, as NVFlare's "compression": "Gzip" does
+	// (the server answers in kind); on loopback it only costs time.
+	Gzip bool
 	// Heartbeat is the heartbeat interval (NVFlare: 60 s).
 	Heartbeat time.Duration
 	// GiveUp bounds how long the server may be unreachable (default 5 min).
@@ -49,8 +52,11 @@ func (c *Client) Run(ctx context.Context) error {
 	if opts == nil {
 		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 	}
-	opts = append(opts, grpc.WithDefaultCallOptions(grpc.UseCompressor(gzip.Name),
-		grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)))
+	callOpts := []grpc.CallOption{grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)}
+	if c.Gzip {
+		callOpts = append(callOpts, grpc.UseCompressor(gzip.Name))
+	}
+	opts = append(opts, grpc.WithDefaultCallOptions(callOpts...))
 	conn, err := grpc.NewClient(c.Target, opts...)
 	if err != nil {
 		return fmt.Errorf("client %s: %w", c.Name, err)
@@ -76,7 +82,7 @@ func (c *Client) Run(ctx context.Context) error {
 			c.logf("client %s: run ended", c.Name)
 			return nil
 		case TaskTryAgain:
-			wait := time.Second
+			wait := 2 * time.Second
 			if sh, err := DecodeShareable(task.Data.GetParams()["data"].GetNdarray()); err == nil {
 				if w, ok := sh.WaitTime(); ok && w > 0 {
 					wait = time.Duration(w * float64(time.Second))

@@ -117,7 +117,7 @@ func TestScatterAndGatherWeightedMean(t *testing.T) {
 		wg.Add(1)
 		go func(i int, ex addExecutor) {
 			defer wg.Done()
-			c := &Client{Name: fmt.Sprintf("site-%d", i+1), Target: addr, Tasks: map[string]Executor{"train": ex}, Logf: t.Logf}
+			c := &Client{Name: fmt.Sprintf("site-%d", i+1), Target: addr, Tasks: map[string]Executor{"train": ex}, Logf: t.Logf, Gzip: i == 0}
 			errs <- c.Run(context.Background())
 		}(i, ex)
 	}

@@ -329,7 +329,11 @@ func (s *Server) Quit(ctx context.Context, req *fedlearn.ClientState) (*fedlearn
 	return &fedlearn.FederatedSummary{Comment: "Removed client"}, nil
 }
 
-func (s *Server) special(task string, wait int64) (*fedlearn.CurrentTask, error) {
+// tryAgainWait is the __wait_time__ (seconds) of a __try_again__: short,
+// so clients pick up a new round quickly (NVFlare's own server says 2).
+const tryAgainWait = 0.2
+
+func (s *Server) special(task string, wait float64) (*fedlearn.CurrentTask, error) {
 	sh := NewShareable()
 	sh.SetHeader(HeaderCookieJar, &pickle.Dict{})
 	sh.SetHeader(HeaderTaskID, "")
@@ -359,7 +363,7 @@ func (s *Server) GetTask(ctx context.Context, req *fedlearn.ClientState) (*fedle
 	}
 	if s.acc == nil || s.contributed[c.name] {
 		s.mu.Unlock()
-		return s.special(TaskTryAgain, 1)
+		return s.special(TaskTryAgain, tryAgainWait)
 	}
 	data, round, task := s.taskData, s.round, s.sag.TrainTaskName
 	s.mu.Unlock()

@@ -28,6 +28,9 @@ The model:
   infer WEIGHTS                   scores INPUT/file_data into OUTPUT/dataset.csv (INPUT/dataset.csv + Model_Score)
   samples DIR                     writes synthetic chest X-rays in the FCP input layout
 
+Federated learning (NVFlare 2.0 wire protocol):
+  simulate JOB_DIR -n N [--data DIR]   the job's server and N clients in one process over loopback gRPC
+
 Measurements:
   bench persist [--cases ...]     encrypted save and load, side by side with Python (torch + cryptography)
 
@@ -53,15 +56,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cmds := map[string]func([]string) error{
-		"keygen":  c.keygen,
-		"encrypt": c.encrypt,
-		"decrypt": c.decrypt,
-		"unseal":  c.unseal,
-		"pt":      c.pt,
-		"bench":   c.bench,
-		"train":   c.train,
-		"infer":   c.infer,
-		"samples": c.samples,
+		"keygen":   c.keygen,
+		"encrypt":  c.encrypt,
+		"decrypt":  c.decrypt,
+		"unseal":   c.unseal,
+		"pt":       c.pt,
+		"bench":    c.bench,
+		"train":    c.train,
+		"infer":    c.infer,
+		"samples":  c.samples,
+		"simulate": c.simulate,
 	}
 	name := args[0]
 	if name == "-h" || name == "--help" || name == "help" {

@@ -52,6 +52,7 @@ func TestScripts(t *testing.T) {
 		Dir: filepath.Join("testdata", "script"),
 		Setup: func(env *testscript.Env) error {
 			env.Setenv("TESTDATA", td)
+			env.Setenv("JOB", filepath.Join(td, "..", "job", "pneumonia"))
 			env.Setenv("FLAREGO_INPUT", filepath.Join(env.WorkDir, "input"))
 			env.Setenv("FLAREGO_OUTPUT", filepath.Join(env.WorkDir, "output"))
 			env.Setenv("FLAREGO_SERVER_CREDENTIALS", filepath.Join(env.WorkDir, "server-credentials"))

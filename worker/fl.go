@@ -1,0 +1,306 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flarego/flarego/flare"
+	"github.com/flarego/flarego/model"
+	"github.com/flarego/flarego/persistor"
+	"github.com/flarego/flarego/persistor/pickle"
+)
+
+// NVFlare component paths whose Go implementations live here, where the
+// model and the persistor meet.
+const (
+	pathTrainer   = "pneumonia_trainer.PneumoniaTrainer"
+	pathPersistor = "pt_secured_model_persistor.PTSecuredModelPersistor"
+)
+
+// jobSpec finds the architecture an NVFlare model path names
+// ("network.PneumoniaModel" → custom/network.json.enc or .json) and
+// decrypts it in memory.
+func jobSpec(jobDir, modelPath string, k *persistor.Key) (*model.Spec, error) {
+	module, class, ok := strings.Cut(modelPath, ".")
+	if !ok || module == "" || class == "" || strings.ContainsAny(module, "/\\") {
+		return nil, fmt.Errorf("model path %q is not module.Class", modelPath)
+	}
+	var spec *model.Spec
+	var err error
+	for _, name := range []string{module + ".json.enc", module + ".json"} {
+		p := filepath.Join(jobDir, "custom", name)
+		if _, statErr := os.Stat(p); statErr != nil {
+			continue
+		}
+		if spec, err = model.LoadSpec(p, k); err != nil {
+			return nil, err
+		}
+		break
+	}
+	if spec == nil {
+		return nil, fmt.Errorf("model %s: no custom/%s.json.enc in %s", modelPath, module, jobDir)
+	}
+	if spec.Name != class {
+		return nil, fmt.Errorf("model %s: custom/%s holds %q", modelPath, module, spec.Name)
+	}
+	return spec, nil
+}
+
+// trainer is pneumonia_trainer.PneumoniaTrainer: train and submit_model on
+// the site's /input data.
+type trainer struct {
+	spec    *model.Spec
+	input   string
+	lr      float64
+	epochs  int
+	batch   int
+	logf    func(string, ...any)
+	mu      sync.Mutex
+	last    *persistor.StateDict
+	samples []model.Sample
+}
+
+func (t *trainer) Execute(ctx context.Context, task string, data *flare.Shareable, fl *flare.FLContext) (*flare.Shareable, error) {
+	out := flare.NewShareable()
+	switch task {
+	case "submit_model":
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if t.last == nil {
+			out.SetHeader(flare.HeaderRC, flare.RCExecutionException)
+			return out, nil
+		}
+		out.DXO = flare.WeightsDXO(t.last, nil)
+		return out, nil
+	case "train":
+	default:
+		out.SetHeader(flare.HeaderRC, flare.RCTaskUnknown)
+		return out, nil
+	}
+	if data.DXO == nil || data.DXO.Kind != flare.KindWeights {
+		out.SetHeader(flare.HeaderRC, flare.RCBadTaskData)
+		return out, nil
+	}
+	if t.samples == nil {
+		root, err := model.TrainingFolder(t.input)
+		if err != nil {
+			return nil, err
+		}
+		if _, t.samples, err = model.ImageFolder(root); err != nil {
+			return nil, err
+		}
+	}
+	net, err := model.NewNet(t.spec, data.DXO.StateDict(), t.batch)
+	if err != nil {
+		out.SetHeader(flare.HeaderRC, flare.RCBadTaskData)
+		return out, nil
+	}
+	steps, err := model.Train(ctx, net, t.samples, model.TrainConfig{Epochs: t.epochs, LR: t.lr, Batch: t.batch, Seed: uint64(time.Now().UnixNano()), Augment: true,
+		Progress: func(s model.EpochStats) { t.logf("%s", s) },
+		Warn:     func(m string) { t.logf("warning: %s", m) }})
+	if err != nil {
+		return nil, err
+	}
+	sd := net.StateDict()
+	t.mu.Lock()
+	t.last = sd
+	t.mu.Unlock()
+	out.DXO = flare.WeightsDXO(sd, &pickle.Dict{Items: []pickle.Item{{Key: flare.MetaNumStepsCurrentRound, Value: int64(steps)}}})
+	return out, nil
+}
+
+// registry builds the job's components: the trainer for a site whose
+// /input is input, the secured persistor writing under output.
+func registry(jobDir string, key *persistor.Key, input, output string, logf func(string, ...any)) *flare.Registry {
+	return &flare.Registry{
+		Executors: map[string]func(json.RawMessage) (flare.Executor, error){
+			pathTrainer: func(raw json.RawMessage) (flare.Executor, error) {
+				args := struct {
+					LR     float64 `json:"lr"`
+					Epochs int     `json:"epochs"`
+					Batch  int     `json:"batch_size"`
+					Model  string  `json:"model"`
+				}{LR: 0.01, Epochs: 5, Batch: 4, Model: "network.PneumoniaModel"}
+				if len(raw) > 0 {
+					if err := json.Unmarshal(raw, &args); err != nil {
+						return nil, fmt.Errorf("%s args: %w", pathTrainer, err)
+					}
+				}
+				spec, err := jobSpec(jobDir, args.Model, key)
+				if err != nil {
+					return nil, err
+				}
+				return &trainer{spec: spec, input: input, lr: args.LR, epochs: args.Epochs, batch: args.Batch, logf: logf}, nil
+			},
+		},
+		Persistors: map[string]func(json.RawMessage) (flare.ModelPersistor, error){
+			pathPersistor: func(raw json.RawMessage) (flare.ModelPersistor, error) {
+				args := struct {
+					Model struct {
+						Path string `json:"path"`
+					} `json:"model"`
+					File    string `json:"global_model_file_name"`
+					Preload string `json:"ckpt_preload_path"`
+				}{File: "/output/model_parameters.pt.enc"}
+				if err := json.Unmarshal(raw, &args); err != nil {
+					return nil, fmt.Errorf("%s args: %w", pathPersistor, err)
+				}
+				if args.Model.Path == "" {
+					args.Model.Path = "network.PneumoniaModel"
+				}
+				spec, err := jobSpec(jobDir, args.Model.Path, key)
+				if err != nil {
+					return nil, err
+				}
+				path := args.File
+				if rest, ok := strings.CutPrefix(path, "/output/"); ok {
+					path = filepath.Join(output, rest)
+				}
+				return &persistor.SecuredPersistor{Path: path, Key: key, Preload: args.Preload, ModelName: spec.Name,
+					Init: func() (*persistor.StateDict, error) { return model.Init(spec, uint64(time.Now().UnixNano())) }}, nil
+			},
+		},
+	}
+}
+
+// applySets applies NVFlare-style --set key=value overrides to the
+// ScatterAndGather workflow's arguments (e.g. wait_time_after_min_received=0).
+func applySets(cfg *flare.ServerConfig, sets []string) error {
+	for i, w := range cfg.Workflows {
+		args := map[string]any{}
+		if len(w.Args) > 0 {
+			if err := json.Unmarshal(w.Args, &args); err != nil {
+				return err
+			}
+		}
+		for _, s := range sets {
+			k, v, ok := strings.Cut(s, "=")
+			if !ok {
+				return fmt.Errorf("%w: --set %q is not key=value", errUsage, s)
+			}
+			if _, known := args[k]; !known {
+				continue
+			}
+			if f, err := strconv.ParseFloat(v, 64); err == nil {
+				args[k] = f
+			} else {
+				args[k] = v
+			}
+		}
+		b, _ := json.Marshal(args)
+		cfg.Workflows[i].Args = b
+	}
+	return nil
+}
+
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, ",") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+// simulate runs the job's server and N clients in this process over
+// loopback gRPC, like `nvflare simulator`; site i reads DATA/site-i.
+func (c *command) simulate(args []string) error {
+	fs := c.flags("simulate", "JOB_DIR -n N [--data DIR] [--key-file K] [--set key=value ...]")
+	n := fs.Int("n", 2, "number of clients")
+	data := fs.String("data", "", "folder holding one FCP input root per site: DATA/site-1, DATA/site-2, ... (default: the FCP input folder)")
+	workspace := fs.String("w", "", "workspace (unused; for NVFlare's simulator flags)")
+	keyFile := fs.String("key-file", "", "key for the encrypted spec and the global model (default: the FCP secret_run_params.json)")
+	var sets stringList
+	fs.Var(&sets, "set", "override a workflow argument, e.g. --set wait_time_after_min_received=0 (repeatable)")
+	pos, err := parse(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	_ = workspace
+	if *n < 1 || *n > 1000 {
+		return fmt.Errorf("%w: -n must be 1..1000", errUsage)
+	}
+	loc := persistor.DefaultLocations()
+	if *data == "" {
+		*data = loc.Input
+	}
+	var k *persistor.Key
+	if *keyFile != "" {
+		k, err = persistor.ReadKeyFile(*keyFile)
+	} else {
+		k, err = loc.KeyFile()
+	}
+	if err != nil {
+		return err
+	}
+	job, err := flare.LoadJob(pos[0])
+	if err != nil {
+		return err
+	}
+	if job.Server == nil || job.Client == nil {
+		return fmt.Errorf("%s: a simulated job needs both config_fed_server.json and config_fed_client.json", pos[0])
+	}
+	if err := applySets(job.Server, sets); err != nil {
+		return err
+	}
+	logf := func(format string, a ...any) { fmt.Fprintf(c.stderr, format+"\n", a...) }
+	srv, err := flare.NewServer(job.Server, registry(pos[0], k, loc.Input, loc.Output, logf))
+	if err != nil {
+		return err
+	}
+	srv.Logf = func(format string, a ...any) { logf("server: "+format, a...) }
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	ctx, stop := interruptible()
+	defer stop()
+	start := time.Now()
+	var wg sync.WaitGroup
+	clientErrs := make([]error, *n)
+	for i := 0; i < *n; i++ {
+		name := fmt.Sprintf("site-%d", i+1)
+		input := filepath.Join(*data, name)
+		reg := registry(pos[0], k, input, loc.Output, func(format string, a ...any) { logf(name+": "+format, a...) })
+		tasks, err := clientTasks(job.Client, reg)
+		if err != nil {
+			return err
+		}
+		cl := &flare.Client{Name: name, Target: lis.Addr().String(), Tasks: tasks, Heartbeat: 30 * time.Second, GiveUp: 30 * time.Second}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			clientErrs[i] = cl.Run(ctx)
+		}(i)
+	}
+	srvErr := srv.Serve(ctx, lis)
+	wg.Wait()
+	if srvErr != nil {
+		return srvErr
+	}
+	if err := errors.Join(clientErrs...); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stderr, "simulation done in %.1f s\n", time.Since(start).Seconds())
+	return nil
+}
+
+// clientTasks builds the executors config_fed_client.json names.
+func clientTasks(cfg *flare.ClientConfig, reg *flare.Registry) (map[string]flare.Executor, error) {
+	tasks := map[string]flare.Executor{}
+	for _, e := range cfg.Executors {
+		ex, err := reg.Executor(e.Executor)
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range e.Tasks {
+			tasks[t] = ex
+		}
+	}
+	return tasks, nil
+}

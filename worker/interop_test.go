@@ -1,0 +1,61 @@
+//go:build interop
+
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/flarego/flarego/persistor"
+	"github.com/flarego/flarego/persistor/pickle"
+)
+
+// The federated run's global model opens with Python's cryptography and
+// loads with torch.load(weights_only=True) into the seed's PneumoniaModel.
+func TestInteropSimulatedModelLoadsInTorch(t *testing.T) {
+	dir := t.TempDir()
+	td, _ := filepath.Abs(filepath.Join("..", "testdata"))
+	key := filepath.Join(td, "fernet", "key.txt")
+	job := filepath.Join(dir, "job")
+	os.MkdirAll(filepath.Join(job, "config"), 0o755)
+	os.MkdirAll(filepath.Join(job, "custom"), 0o755)
+	for _, f := range []string{"config_fed_server.json", "config_fed_client.json"} {
+		b, _ := os.ReadFile(filepath.Join("..", "job", "pneumonia", "config", f))
+		os.WriteFile(filepath.Join(job, "config", f), b, 0o644)
+	}
+	t.Setenv("FLAREGO_OUTPUT", filepath.Join(dir, "output"))
+	os.MkdirAll(filepath.Join(dir, "output"), 0o755)
+	var out bytes.Buffer
+	must := func(args ...string) {
+		if rc := run(args, &out, &out); rc != 0 {
+			t.Fatalf("flarego %v: exit %d\n%s", args, rc, out.String())
+		}
+	}
+	must("encrypt", filepath.Join(td, "pneumonia_spec.json"), key, filepath.Join(job, "custom", "network.json.enc"))
+	must("samples", "--n", "2", filepath.Join(dir, "data", "site-1"))
+	must("samples", "--n", "2", "--seed", "2", filepath.Join(dir, "data", "site-2"))
+	must("simulate", job, "-n", "2", "--data", filepath.Join(dir, "data"), "--key-file", key, "--set", "wait_time_after_min_received=0")
+
+	py := os.Getenv("PYTHON")
+	if py == "" {
+		py = "/usr/bin/python3"
+	}
+	peer := filepath.Join("..", "testdata", "interop", "peer.py")
+	plain := filepath.Join(dir, "global.pt")
+	if b, err := exec.Command(py, peer, "fernet-decrypt", key, filepath.Join(dir, "output", "model_parameters.pt.enc"), plain).CombinedOutput(); err != nil {
+		t.Fatalf("Python could not decrypt the global model: %v\n%s", err, b)
+	}
+	x := make([]float32, 3*224*224)
+	for i := range x {
+		x[i] = float32(i%17) / 17
+	}
+	var xb bytes.Buffer
+	persistor.WritePT(&xb, &pickle.OrderedDict{Items: []pickle.Item{{Key: "x", Value: persistor.FromFloat32(x, 1, 3, 224, 224)}}}, persistor.PTOptions{})
+	os.WriteFile(filepath.Join(dir, "x.pt"), xb.Bytes(), 0o600)
+	if b, err := exec.Command(py, peer, "model-forward", plain, filepath.Join(dir, "x.pt"), filepath.Join(dir, "fw.pt"), "eval").CombinedOutput(); err != nil {
+		t.Fatalf("torch could not load the global model into PneumoniaModel: %v\n%s", err, b)
+	}
+}
