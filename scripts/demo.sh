@@ -32,8 +32,8 @@ echo "== 5. federated training: server + 2 clients over loopback gRPC (the seed'
 echo "== 6. the encrypted model, inspected in memory"
 "$bin" pt inspect output/model_parameters.pt.enc | sed -n '1,4p;$p'
 
-echo "== 7. inference: Model_Score matched to dataset.csv rows by image path"
-"$bin" infer --spec job/custom/network.json.enc output/model_parameters.pt.enc
+echo "== 7. inference at site-1: Model_Score matched to dataset.csv rows by image path"
+"$bin" infer --input data/site-1 --key-file key.txt --spec job/custom/network.json.enc output/model_parameters.pt.enc
 head -4 output/dataset.csv
 
 echo
