@@ -3,6 +3,7 @@ package flare
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -122,6 +123,9 @@ func (c *Client) retry(ctx context.Context, what string, f func() error) error {
 		}
 		if st, ok := status.FromError(err); !ok || (st.Code() != codes.Unavailable && st.Code() != codes.DeadlineExceeded) {
 			return err
+		}
+		if strings.Contains(err.Error(), "handshake") || strings.Contains(err.Error(), "certificate") {
+			return fmt.Errorf("client %s: %s: TLS handshake with %s failed (certificates from another root?): %w", c.Name, what, c.Target, err)
 		}
 		if time.Since(start) > c.GiveUp {
 			return fmt.Errorf("client %s: %s: server unreachable for %s: %w", c.Name, what, c.GiveUp.Round(time.Second), err)

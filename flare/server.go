@@ -35,6 +35,8 @@ type Server struct {
 	Project          string
 	HeartBeatTimeout time.Duration
 	Logf             func(format string, args ...any)
+	// ServerOptions are added to the gRPC server's (e.g. TLS credentials).
+	ServerOptions []grpc.ServerOption
 	// EndGrace is how long Serve waits, after the last round, for live
 	// clients to fetch __end_run__ (default 10 s).
 	EndGrace time.Duration
@@ -94,7 +96,7 @@ func (s *Server) notify() {
 // Serve runs the workflow and answers clients on lis until every round is
 // done and every live client was told the run ended (or ctx is cancelled).
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	s.grpc = grpc.NewServer(grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes))
+	s.grpc = grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes)}, s.ServerOptions...)...)
 	fedlearn.RegisterFederatedTrainingServer(s.grpc, s)
 	admin.RegisterAdminCommunicatingServer(s.grpc, s)
 	serveErr := make(chan error, 1)

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/flarego/flarego/flare"
 	"github.com/flarego/flarego/model"
 	"github.com/flarego/flarego/persistor"
@@ -303,4 +305,133 @@ func clientTasks(cfg *flare.ClientConfig, reg *flare.Registry) (map[string]flare
 		}
 	}
 	return tasks, nil
+}
+
+// nvflareFlags parses the flags NVFlare's server_train / client_train take:
+// -m WORKSPACE -s fed_*.json --set k=v ..., plus --job (the app folder,
+// which NVFlare's admin would deploy) and --key-file.
+func (c *command) nvflareFlags(name string, args []string, loc *persistor.Locations) (kit *flare.StartupKit, sets map[string]string, job string, key *persistor.Key, err error) {
+	fs := c.flags(name, "-m WORKSPACE -s fed_"+name+".json [--set secure_train=true|false uid=SITE ...] --job APP_DIR")
+	fs.StringVar(&loc.Input, "input", loc.Input, "FCP input directory (the site's data and key)")
+	fs.StringVar(&loc.Output, "output", loc.Output, "FCP output directory")
+	ws := fs.String("m", ".", "workspace (the startup kit is WORKSPACE/startup/FILE)")
+	file := fs.String("s", "fed_"+name+".json", "startup kit file")
+	fs.StringVar(&job, "job", "", "the app folder (config/ and custom/)")
+	keyFile := fs.String("key-file", "", "key file (default: the FCP secret_run_params.json)")
+	var setList stringList
+	fs.Var(&setList, "set", "key=value (secure_train, uid, config_folder; others are workflow arguments)")
+	rest, err := parse(fs, args, 0, -1)
+	if err != nil {
+		return nil, nil, "", nil, err
+	}
+	// NVFlare puts the --set pairs after the flag as separate words.
+	setList = append(setList, rest...)
+	sets = map[string]string{}
+	for _, s := range setList {
+		k, v, ok := strings.Cut(s, "=")
+		if !ok {
+			return nil, nil, "", nil, fmt.Errorf("%w: %q is not key=value", errUsage, s)
+		}
+		sets[k] = v
+	}
+	if job == "" {
+		return nil, nil, "", nil, fmt.Errorf("%w: --job APP_DIR is required", errUsage)
+	}
+	path := *file
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(*ws, "startup", path)
+	}
+	if kit, err = flare.LoadStartupKit(path); err != nil {
+		return nil, nil, "", nil, err
+	}
+	if *keyFile != "" {
+		key, err = persistor.ReadKeyFile(*keyFile)
+	} else {
+		key, err = loc.KeyFile()
+	}
+	return kit, sets, job, key, err
+}
+
+// server runs the job's FL server from a startup kit (NVFlare's server_train).
+func (c *command) server(args []string) error {
+	loc := persistor.DefaultLocations()
+	kit, sets, jobDir, k, err := c.nvflareFlags("server", args, &loc)
+	if err != nil {
+		return err
+	}
+	job, err := flare.LoadJob(jobDir)
+	if err != nil {
+		return err
+	}
+	if job.Server == nil {
+		return fmt.Errorf("%s: no config/config_fed_server.json", jobDir)
+	}
+	var wf []string
+	for k, v := range sets {
+		wf = append(wf, k+"="+v)
+	}
+	if err := applySets(job.Server, wf); err != nil {
+		return err
+	}
+	logf := func(format string, a ...any) { fmt.Fprintf(c.stderr, format+"\n", a...) }
+	srv, err := flare.NewServer(job.Server, registry(jobDir, k, loc.Input, loc.Output, logf))
+	if err != nil {
+		return err
+	}
+	srv.Logf, srv.Project = logf, kit.Project()
+	if sets["secure_train"] == "true" {
+		opt, err := kit.ServerCredentials()
+		if err != nil {
+			return err
+		}
+		srv.ServerOptions = append(srv.ServerOptions, opt)
+	}
+	lis, err := net.Listen("tcp", kit.Target())
+	if err != nil {
+		return err
+	}
+	logf("server: listening on %s (secure_train=%v)", lis.Addr(), sets["secure_train"] == "true")
+	ctx, stop := interruptible()
+	defer stop()
+	return srv.Serve(ctx, lis)
+}
+
+// client runs a site from a startup kit (NVFlare's client_train).
+func (c *command) client(args []string) error {
+	loc := persistor.DefaultLocations()
+	kit, sets, jobDir, k, err := c.nvflareFlags("client", args, &loc)
+	if err != nil {
+		return err
+	}
+	name := sets["uid"]
+	if name == "" {
+		return fmt.Errorf("%w: --set uid=SITE_NAME is required", errUsage)
+	}
+	job, err := flare.LoadJob(jobDir)
+	if err != nil {
+		return err
+	}
+	if job.Client == nil {
+		return fmt.Errorf("%s: no config/config_fed_client.json", jobDir)
+	}
+	logf := func(format string, a ...any) { fmt.Fprintf(c.stderr, name+": "+format+"\n", a...) }
+	tasks, err := clientTasks(job.Client, registry(jobDir, k, loc.Input, loc.Output, logf))
+	if err != nil {
+		return err
+	}
+	cl := &flare.Client{Name: name, Target: kit.Target(), Tasks: tasks, Project: kit.Project(), Logf: logf,
+		Gzip: strings.EqualFold(kit.Client.Compression, "gzip")}
+	if kit.Client.RetryTimeout > 0 {
+		cl.GiveUp = time.Duration(kit.Client.RetryTimeout * float64(time.Second))
+	}
+	if sets["secure_train"] == "true" {
+		opt, err := kit.ClientCredentials()
+		if err != nil {
+			return err
+		}
+		cl.DialOptions = []grpc.DialOption{opt}
+	}
+	ctx, stop := interruptible()
+	defer stop()
+	return cl.Run(ctx)
 }

@@ -29,6 +29,8 @@ The model:
   samples DIR                     writes synthetic chest X-rays in the FCP input layout
 
 Federated learning (NVFlare 2.0 wire protocol):
+  server -m WS -s fed_server.json --job APP [--set k=v]   the FL server (NVFlare's server_train flags)
+  client -m WS -s fed_client.json --job APP --set uid=SITE   a site (NVFlare's client_train flags)
   simulate JOB_DIR -n N [--data DIR]   the job's server and N clients in one process over loopback gRPC
 
 Measurements:
@@ -66,6 +68,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"infer":    c.infer,
 		"samples":  c.samples,
 		"simulate": c.simulate,
+		"server":   c.server,
+		"client":   c.client,
 	}
 	name := args[0]
 	if name == "-h" || name == "--help" || name == "help" {

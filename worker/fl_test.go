@@ -1,0 +1,147 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+type certMaker struct {
+	ca  *x509.Certificate
+	key *ecdsa.PrivateKey
+}
+
+func newCA(t *testing.T) *certMaker {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test root"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(der)
+	return &certMaker{ca, key}
+}
+
+func (m *certMaker) writeRoot(t *testing.T, path string) {
+	os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m.ca.Raw}), 0o644)
+}
+
+func (m *certMaker) issue(t *testing.T, cn, certPath, keyPath string) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"localhost"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, m.ca, &key.PublicKey, m.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+}
+
+// The server and two clients as separate commands from NVFlare-style
+// startup kits, with mutual TLS; a client whose certificate another CA
+// signed is refused.
+func TestServerAndClientsWithMutualTLS(t *testing.T) {
+	dir := t.TempDir()
+	td, _ := filepath.Abs(filepath.Join("..", "testdata"))
+	key := filepath.Join(td, "fernet", "key.txt")
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	target := lis.Addr().String()
+	lis.Close()
+	ca := newCA(t)
+	job := filepath.Join(dir, "job")
+	os.MkdirAll(filepath.Join(job, "config"), 0o755)
+	os.MkdirAll(filepath.Join(job, "custom"), 0o755)
+	for _, f := range []string{"config_fed_server.json", "config_fed_client.json"} {
+		b, _ := os.ReadFile(filepath.Join("..", "job", "pneumonia", "config", f))
+		os.WriteFile(filepath.Join(job, "config", f), b, 0o644)
+	}
+	var out bytes.Buffer
+	if rc := run([]string{"encrypt", filepath.Join(td, "pneumonia_spec.json"), key, filepath.Join(job, "custom", "network.json.enc")}, &out, &out); rc != 0 {
+		t.Fatal(out.String())
+	}
+	kit := func(name, content string) string {
+		ws := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Join(ws, "startup"), 0o755)
+		os.WriteFile(filepath.Join(ws, "startup", "fed_"+map[bool]string{true: "server", false: "client"}[name == "server"]+".json"), []byte(content), 0o644)
+		return ws
+	}
+	srvWS := kit("server", fmt.Sprintf(`{"format_version": 2, "servers": [{"name": "example_project", "service": {"target": %q},
+ "admin_host": "localhost", "admin_port": 8003, "ssl_private_key": "server.key", "ssl_cert": "server.crt", "ssl_root_cert": "rootCA.pem",
+ "compression": "Gzip", "heart_beat_timeout": 600}]}`, target))
+	ca.writeRoot(t, filepath.Join(srvWS, "startup", "rootCA.pem"))
+	ca.issue(t, "server", filepath.Join(srvWS, "startup", "server.crt"), filepath.Join(srvWS, "startup", "server.key"))
+	clientKit := fmt.Sprintf(`{"format_version": 2, "servers": [{"name": "example_project", "service": {"target": %q}}],
+ "client": {"ssl_private_key": "client.key", "ssl_cert": "client.crt", "ssl_root_cert": "rootCA.pem", "compression": "Gzip", "retry_timeout": 20}}`, target)
+	var sites []string
+	for i := 1; i <= 2; i++ {
+		ws := kit(fmt.Sprintf("site-%d", i), clientKit)
+		ca.writeRoot(t, filepath.Join(ws, "startup", "rootCA.pem"))
+		ca.issue(t, fmt.Sprintf("site-%d", i), filepath.Join(ws, "startup", "client.crt"), filepath.Join(ws, "startup", "client.key"))
+		run([]string{"samples", "--n", "2", "--seed", fmt.Sprint(i), filepath.Join(ws, "input")}, &out, &out)
+		sites = append(sites, ws)
+	}
+	rogue := kit("rogue", clientKit)
+	other := newCA(t)
+	ca.writeRoot(t, filepath.Join(rogue, "startup", "rootCA.pem"))
+	other.issue(t, "rogue", filepath.Join(rogue, "startup", "client.crt"), filepath.Join(rogue, "startup", "client.key"))
+
+	os.MkdirAll(filepath.Join(dir, "output"), 0o755)
+	var wg sync.WaitGroup
+	outs := make([]bytes.Buffer, 3)
+	rcs := make([]int, 3)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		rcs[0] = run([]string{"server", "-m", srvWS, "-s", "fed_server.json", "--job", job, "--key-file", key, "--output", filepath.Join(dir, "output"),
+			"--set", "secure_train=true", "--set", "wait_time_after_min_received=0"}, &outs[0], &outs[0])
+	}()
+	for i, ws := range sites {
+		wg.Add(1)
+		go func(i int, ws string) {
+			defer wg.Done()
+			rcs[i+1] = run([]string{"client", "-m", ws, "-s", "fed_client.json", "--job", job, "--key-file", key, "--input", filepath.Join(ws, "input"),
+				"--set", "secure_train=true", "--set", fmt.Sprintf("uid=site-%d", i+1)}, &outs[i+1], &outs[i+1])
+		}(i, ws)
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The rogue client cannot complete a TLS handshake.
+	var rogueOut bytes.Buffer
+	time.Sleep(200 * time.Millisecond)
+	rogueRC := run([]string{"client", "-m", rogue, "-s", "fed_client.json", "--job", job, "--key-file", key, "--input", filepath.Join(dir, "none"),
+		"--set", "secure_train=true", "--set", "uid=rogue"}, &rogueOut, &rogueOut)
+	wg.Wait()
+	for i, rc := range rcs {
+		if rc != 0 {
+			t.Fatalf("process %d exited %d:\n%s", i, rc, outs[i].String())
+		}
+	}
+	if !strings.Contains(outs[0].String(), "round 1/1 done: aggregated 2 result(s)") {
+		t.Fatalf("server log:\n%s", outs[0].String())
+	}
+	if rogueRC == 0 || !strings.Contains(rogueOut.String(), "TLS") {
+		t.Fatalf("a client with a foreign certificate: exit %d\n%s", rogueRC, rogueOut.String())
+	}
+	t.Logf("rogue client: %s", strings.TrimSpace(rogueOut.String()))
+	if _, err := os.Stat(filepath.Join(dir, "output", "model_parameters.pt.enc")); err != nil {
+		t.Fatal(err)
+	}
+}
