@@ -207,3 +207,56 @@ func TestHostileResultRejected(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The server goes away and comes back (with a fresh state, as a restarted
+// process does): the client keeps retrying, registers again when the new
+// server does not know its token, and finishes the run.
+func TestClientSurvivesServerRestart(t *testing.T) {
+	p := &memPersistor{init: initModel()}
+	cfg := testServerConfig(2, 1, 0) // waits for a second client that never comes
+	reg := &Registry{Persistors: map[string]func(json.RawMessage) (ModelPersistor, error){
+		"test.MemPersistor": func(json.RawMessage) (ModelPersistor, error) { return p, nil }}}
+	first, err := NewServer(cfg, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	go first.Serve(context.Background(), lis)
+
+	c := &Client{Name: "site-1", Target: addr, Tasks: map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}, Logf: t.Logf, GiveUp: 20 * time.Second}
+	done := make(chan error, 1)
+	go func() { done <- c.Run(context.Background()) }()
+	time.Sleep(500 * time.Millisecond) // registered, result submitted, waiting for the round
+	first.Stop()
+
+	second, err := NewServer(testServerConfig(1, 1, 0), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second.Logf, second.EndGrace = t.Logf, time.Second
+	var lis2 net.Listener
+	for i := 0; i < 50; i++ { // the port is free once the first server has let go
+		if lis2, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if lis2 == nil {
+		t.Fatal(err)
+	}
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- second.Serve(context.Background(), lis2) }()
+	if err := <-done; err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	if err := <-srvDone; err != nil {
+		t.Fatal(err)
+	}
+	if len(p.saved) != 1 {
+		t.Fatalf("%d models saved", len(p.saved))
+	}
+}

@@ -55,6 +55,7 @@ type Server struct {
 	finished    bool
 	ended       map[string]bool // clients told __end_run__
 	grpc        *grpc.Server
+	cancel      context.CancelFunc
 }
 
 type clientEntry struct {
@@ -96,11 +97,16 @@ func (s *Server) notify() {
 // Serve runs the workflow and answers clients on lis until every round is
 // done and every live client was told the run ended (or ctx is cancelled).
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	s.grpc = grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes)}, s.ServerOptions...)...)
-	fedlearn.RegisterFederatedTrainingServer(s.grpc, s)
-	admin.RegisterAdminCommunicatingServer(s.grpc, s)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes)}, s.ServerOptions...)...)
+	fedlearn.RegisterFederatedTrainingServer(gs, s)
+	admin.RegisterAdminCommunicatingServer(gs, s)
+	s.mu.Lock()
+	s.grpc, s.cancel = gs, cancel
+	s.mu.Unlock()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- s.grpc.Serve(lis) }()
+	go func() { serveErr <- gs.Serve(lis) }()
 	err := s.workflow(ctx)
 	if err == nil {
 		grace := s.EndGrace
@@ -109,7 +115,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		}
 		err = s.waitEnded(ctx, grace)
 	}
-	s.grpc.GracefulStop()
+	gs.GracefulStop()
 	if e := <-serveErr; err == nil && e != nil && !errors.Is(e, grpc.ErrServerStopped) {
 		err = e
 	}
@@ -118,8 +124,14 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 
 // Stop ends Serve at once.
 func (s *Server) Stop() {
-	if s.grpc != nil {
-		s.grpc.Stop()
+	s.mu.Lock()
+	gs, cancel := s.grpc, s.cancel
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if gs != nil {
+		gs.Stop()
 	}
 }
 
