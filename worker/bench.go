@@ -130,6 +130,9 @@ func (c *command) bench(args []string) error {
 	if len(args) > 0 && args[0] == "model" {
 		return c.benchModel(args[1:])
 	}
+	if len(args) > 0 && args[0] == "fl" {
+		return c.benchFL(args[1:])
+	}
 	if len(args) == 0 || args[0] != "persist" {
 		return fmt.Errorf("%w: want 'bench persist|model [flags]'", errUsage)
 	}
@@ -217,6 +220,9 @@ func (c *command) bench(args []string) error {
 
 // benchChild performs one operation and prints its time as JSON.
 func (c *command) benchChild(args []string) error {
+	if len(args) > 0 && args[0] == "fl-server" {
+		return c.benchFLServer(args[1:])
+	}
 	if len(args) < 3 {
 		return fmt.Errorf("%w: want bench --child OP ARGS", errUsage)
 	}
