@@ -56,6 +56,7 @@ type Server struct {
 	ended       map[string]bool // clients told __end_run__
 	grpc        *grpc.Server
 	cancel      context.CancelFunc
+	uploads     uploadGate
 }
 
 type clientEntry struct {
@@ -78,7 +79,7 @@ func NewServer(cfg *ServerConfig, reg *Registry) (*Server, error) {
 	if hb <= 0 {
 		hb = 600 * time.Second
 	}
-	return &Server{Project: "example_project", HeartBeatTimeout: hb, sag: sag, persist: p,
+	return &Server{Project: "example_project", HeartBeatTimeout: hb, sag: sag, persist: p, uploads: newUploadGate(4),
 		changed: make(chan struct{}), clients: map[string]*clientEntry{}, ended: map[string]bool{}}, nil
 }
 
@@ -99,7 +100,8 @@ func (s *Server) notify() {
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes)}, s.ServerOptions...)...)
+	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes),
+		grpc.InTapHandle(s.uploads.acquire), grpc.StatsHandler(&s.uploads)}, s.ServerOptions...)...)
 	fedlearn.RegisterFederatedTrainingServer(gs, s)
 	admin.RegisterAdminCommunicatingServer(gs, s)
 	s.mu.Lock()
