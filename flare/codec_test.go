@@ -226,3 +226,28 @@ func TestWeightsDXO(t *testing.T) {
 		t.Fatalf("NUM_STEPS %d", n)
 	}
 }
+
+// The server's codec writes a CurrentTask exactly as protobuf does.
+func TestTaskCodecMatchesProtobuf(t *testing.T) {
+	for _, f := range []string{"gettask-train.CurrentTask.pb", "gettask-__try_again__.CurrentTask.pb", "pneumonia-gettask-train.CurrentTask.pb"} {
+		var ct fedlearn.CurrentTask
+		if err := protobuf.Unmarshal(fixture(t, "wire", f), &ct); err != nil {
+			t.Fatal(err)
+		}
+		bs, err := newTaskCodec().Marshal(&ct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back fedlearn.CurrentTask
+		if err := protobuf.Unmarshal(bs.Materialize(), &back); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if !protobuf.Equal(&ct, &back) {
+			t.Fatalf("%s: the codec's bytes decode to another message", f)
+		}
+		want, _ := protobuf.MarshalOptions{Deterministic: true}.Marshal(&ct)
+		if len(bs.Materialize()) != len(want) {
+			t.Fatalf("%s: %d bytes, protobuf %d", f, len(bs.Materialize()), len(want))
+		}
+	}
+}

@@ -101,7 +101,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes),
-		grpc.InTapHandle(s.uploads.acquire), grpc.StatsHandler(&s.uploads)}, s.ServerOptions...)...)
+		grpc.InTapHandle(s.uploads.acquire), grpc.StatsHandler(&s.uploads), grpc.ForceServerCodecV2(newTaskCodec())}, s.ServerOptions...)...)
 	fedlearn.RegisterFederatedTrainingServer(gs, s)
 	admin.RegisterAdminCommunicatingServer(gs, s)
 	s.mu.Lock()
