@@ -49,6 +49,17 @@ func (c *Client) logf(format string, args ...any) {
 // Run works until the run ends, ctx is cancelled, or the server stays away
 // longer than GiveUp.
 func (c *Client) Run(ctx context.Context) error {
+	if err := c.connect(); err != nil {
+		return err
+	}
+	defer c.conn.Close()
+	if err := c.register(ctx); err != nil {
+		return err
+	}
+	return c.work(ctx)
+}
+
+func (c *Client) connect() error {
 	opts := c.DialOptions
 	if opts == nil {
 		opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
@@ -62,13 +73,17 @@ func (c *Client) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("client %s: %w", c.Name, err)
 	}
-	defer conn.Close()
 	c.conn, c.fl = conn, fedlearn.NewFederatedTrainingClient(conn)
 	if c.GiveUp == 0 {
 		c.GiveUp = 5 * time.Minute
 	}
-	if err := c.register(ctx); err != nil {
-		return err
+	return nil
+}
+
+// work runs tasks until the run ends.
+func (c *Client) work(ctx context.Context) error {
+	if c.fl == nil {
+		return fmt.Errorf("client %s: not connected", c.Name)
 	}
 	hbCtx, stopHB := context.WithCancel(ctx)
 	defer stopHB()

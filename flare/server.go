@@ -57,6 +57,7 @@ type Server struct {
 	grpc        *grpc.Server
 	cancel      context.CancelFunc
 	uploads     uploadGate
+	admin       adminQueue
 }
 
 type clientEntry struct {
@@ -447,10 +448,14 @@ func (s *Server) SubmitUpdate(ctx context.Context, req *fedlearn.Contribution) (
 	return &fedlearn.FederatedSummary{Comment: "Received"}, nil
 }
 
-// Retrieve answers the admin channel's poll; the simulator and FCP runs
-// start the app directly, so there is nothing to deploy.
+// Retrieve answers the admin channel's poll (the client names itself by
+// its token, as NVFlare's does): with ServeAppTo, a new client is sent the
+// run number, the app and the start request.
 func (s *Server) Retrieve(ctx context.Context, req *admin.Client) (*admin.Messages, error) {
-	return &admin.Messages{}, nil
+	if _, err := s.client(req.ClientName); err != nil {
+		return nil, err
+	}
+	return &admin.Messages{Message: s.admin.forClient(req.ClientName)}, nil
 }
 
 // SendReply accepts a client's admin reply.

@@ -316,7 +316,7 @@ func (c *command) nvflareFlags(name string, args []string, loc *persistor.Locati
 	fs.StringVar(&loc.Output, "output", loc.Output, "FCP output directory")
 	ws := fs.String("m", ".", "workspace (the startup kit is WORKSPACE/startup/FILE)")
 	file := fs.String("s", "fed_"+name+".json", "startup kit file")
-	fs.StringVar(&job, "job", "", "the app folder (config/ and custom/)")
+	fs.StringVar(&job, "job", "", "the app folder (config/ and custom/); a client without it waits for the server to deploy one")
 	keyFile := fs.String("key-file", "", "key file (default: the FCP secret_run_params.json)")
 	var setList stringList
 	fs.Var(&setList, "set", "key=value (secure_train, uid, config_folder; others are workflow arguments)")
@@ -334,7 +334,7 @@ func (c *command) nvflareFlags(name string, args []string, loc *persistor.Locati
 		}
 		sets[k] = v
 	}
-	if job == "" {
+	if job == "" && name == "server" {
 		return nil, nil, "", nil, fmt.Errorf("%w: --job APP_DIR is required", errUsage)
 	}
 	path := *file
@@ -379,6 +379,11 @@ func (c *command) server(args []string) error {
 		return err
 	}
 	srv.Logf, srv.Project = logf, kit.Project()
+	// Clients that poll the admin channel (NVFlare's, or ours without --job)
+	// get the app deployed and started, as NVFlare's admin deploy/start does.
+	if err := srv.ServeAppTo(jobDir, filepath.Base(filepath.Clean(jobDir))); err != nil {
+		return err
+	}
 	if sets["secure_train"] == "true" {
 		opt, err := kit.ServerCredentials()
 		if err != nil {
@@ -407,19 +412,18 @@ func (c *command) client(args []string) error {
 	if name == "" {
 		return fmt.Errorf("%w: --set uid=SITE_NAME is required", errUsage)
 	}
-	job, err := flare.LoadJob(jobDir)
-	if err != nil {
-		return err
-	}
-	if job.Client == nil {
-		return fmt.Errorf("%s: no config/config_fed_client.json", jobDir)
-	}
 	logf := func(format string, a ...any) { fmt.Fprintf(c.stderr, name+": "+format+"\n", a...) }
-	tasks, err := clientTasks(job.Client, registry(jobDir, k, loc.Input, loc.Output, logf))
-	if err != nil {
-		return err
+	tasksFor := func(dir string) (map[string]flare.Executor, error) {
+		job, err := flare.LoadJob(dir)
+		if err != nil {
+			return nil, err
+		}
+		if job.Client == nil {
+			return nil, fmt.Errorf("%s: no config/config_fed_client.json", dir)
+		}
+		return clientTasks(job.Client, registry(dir, k, loc.Input, loc.Output, logf))
 	}
-	cl := &flare.Client{Name: name, Target: kit.Target(), Tasks: tasks, Project: kit.Project(), Logf: logf,
+	cl := &flare.Client{Name: name, Target: kit.Target(), Project: kit.Project(), Logf: logf,
 		Gzip: strings.EqualFold(kit.Client.Compression, "gzip")}
 	if kit.Client.RetryTimeout > 0 {
 		cl.GiveUp = time.Duration(kit.Client.RetryTimeout * float64(time.Second))
@@ -433,5 +437,12 @@ func (c *command) client(args []string) error {
 	}
 	ctx, stop := interruptible()
 	defer stop()
+	if jobDir == "" {
+		ws := filepath.Dir(kit.Dir) // WORKSPACE (the kit is in WORKSPACE/startup)
+		return cl.RunAdmin(ctx, flare.AdminHandler{Workspace: ws, Start: tasksFor})
+	}
+	if cl.Tasks, err = tasksFor(jobDir); err != nil {
+		return err
+	}
 	return cl.Run(ctx)
 }

@@ -118,8 +118,12 @@ func TestServerAndClientsWithMutualTLS(t *testing.T) {
 		wg.Add(1)
 		go func(i int, ws string) {
 			defer wg.Done()
-			rcs[i+1] = run([]string{"client", "-m", ws, "-s", "fed_client.json", "--job", job, "--key-file", key, "--input", filepath.Join(ws, "input"),
-				"--set", "secure_train=true", "--set", fmt.Sprintf("uid=site-%d", i+1)}, &outs[i+1], &outs[i+1])
+			args := []string{"client", "-m", ws, "-s", "fed_client.json", "--key-file", key, "--input", filepath.Join(ws, "input"),
+				"--set", "secure_train=true", "--set", fmt.Sprintf("uid=site-%d", i+1)}
+			if i == 0 {
+				args = append(args, "--job", job) // the other site waits for the server to deploy the app
+			}
+			rcs[i+1] = run(args, &outs[i+1], &outs[i+1])
 		}(i, ws)
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -136,6 +140,9 @@ func TestServerAndClientsWithMutualTLS(t *testing.T) {
 	}
 	if !strings.Contains(outs[0].String(), "round 1/1 done: aggregated 2 result(s)") {
 		t.Fatalf("server log:\n%s", outs[0].String())
+	}
+	if !strings.Contains(outs[2].String(), "deployed app job to") {
+		t.Fatalf("site-2 was not deployed through the admin channel:\n%s", outs[2].String())
 	}
 	if rogueRC == 0 || !strings.Contains(rogueOut.String(), "TLS") {
 		t.Fatalf("a client with a foreign certificate: exit %d\n%s", rogueRC, rogueOut.String())
