@@ -22,6 +22,8 @@ var (
 	globalDtype     = pickle.Global{Module: "numpy", Name: "dtype"}
 	globalRecons    = pickle.Global{Module: "numpy.core.multiarray", Name: "_reconstruct"}
 	globalRecons2   = pickle.Global{Module: "numpy._core.multiarray", Name: "_reconstruct"}
+	globalScalar    = pickle.Global{Module: "numpy.core.multiarray", Name: "scalar"}
+	globalScalar2   = pickle.Global{Module: "numpy._core.multiarray", Name: "scalar"}
 )
 
 // wireUnpickler allows exactly what NVFlare 2.0 puts on the wire.
@@ -42,6 +44,8 @@ func wireUnpickler() *pickle.Unpickler {
 			globalDtype:   call(newDtype),
 			globalRecons:  call(reconstruct),
 			globalRecons2: call(reconstruct),
+			globalScalar:  call(npScalar),
+			globalScalar2: call(npScalar),
 		},
 	}
 }

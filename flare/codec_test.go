@@ -251,3 +251,20 @@ func TestTaskCodecMatchesProtobuf(t *testing.T) {
 		}
 	}
 }
+
+// "array + 1" on a 0-dim array is a numpy scalar, pickled through
+// numpy.core.multiarray.scalar; real NVFlare trainers send those. The file
+// is pickle.dumps of such a Shareable (protocol 4, made with numpy).
+func TestDecodeNumpyScalar(t *testing.T) {
+	s, err := DecodeShareable(fixture(t, "numpy_scalar_shareable.pkl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := s.DXO.Get("n")
+	if n == nil || n.DType != persistor.Int64 || len(n.Shape) != 0 || n.Float64At(0) != 6 {
+		t.Fatalf("n = %v", n)
+	}
+	if w, _ := s.DXO.Get("w").Float32s(); w[1] != 3.5 {
+		t.Fatalf("w = %v", w)
+	}
+}

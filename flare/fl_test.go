@@ -199,6 +199,17 @@ func TestHostileResultRejected(t *testing.T) {
 	if _, err := fl.GetTask(context.Background(), &fedlearn.ClientState{Token: "forged"}); err == nil {
 		t.Fatal("forged token accepted")
 	}
+	// Every answer carries an FLContext: NVFlare's client unpickles it even
+	// from __try_again__ and __end_run__.
+	for i := 0; i < 2; i++ {
+		ct, err := fl.GetTask(context.Background(), &fedlearn.ClientState{Token: reg.Token, ClientName: "evil"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DecodeFLContext(ct.Data.Params["fl_context"].GetNdarray()); err != nil {
+			t.Fatalf("%s answer: fl_context: %v", ct.TaskName, err)
+		}
+	}
 	good := &Client{Name: "good", Target: addr, Tasks: map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}}
 	if err := good.Run(context.Background()); err != nil {
 		t.Fatal(err)

@@ -70,6 +70,34 @@ func reconstruct(args ...any) (any, error) {
 	return &ndarray{}, nil
 }
 
+// npScalar stands for numpy.core.multiarray.scalar(dtype, bytes): a numpy
+// scalar such as np.int64, which is what "array + 1" gives for a 0-dim
+// array (NVFlare's trainers return num_batches_tracked that way).
+func npScalar(args ...any) (any, error) {
+	if len(args) != 2 {
+		return nil, errors.New("numpy scalar takes two arguments")
+	}
+	dt, ok := args[0].(*dtype)
+	if !ok {
+		return nil, errors.New("numpy scalar without a dtype")
+	}
+	var data []byte
+	switch d := args[1].(type) {
+	case []byte:
+		data = d
+	case string: // Python 2 peers
+		for _, r := range d {
+			if r > 255 {
+				return nil, errors.New("numpy scalar data is not latin-1")
+			}
+			data = append(data, byte(r))
+		}
+	default:
+		return nil, fmt.Errorf("numpy scalar data is a %T", args[1])
+	}
+	return &ndarray{shape: []int{}, dt: dt, data: data, built: true}, nil
+}
+
 func (a *ndarray) PySetState(state any) error {
 	t, ok := state.(*types.Tuple)
 	if !ok || t.Len() != 5 {

@@ -361,7 +361,18 @@ func (s *Server) special(task string, wait float64) (*fedlearn.CurrentTask, erro
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	return &fedlearn.CurrentTask{Meta: s.meta(), TaskName: task, Data: &fedlearn.ModelData{Params: map[string]*fedlearn.NDArray{"data": {Ndarray: data}}}}, nil
+	ctxData, err := s.flContext()
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	// NVFlare's client unpickles fl_context from every answer, special ones included.
+	return &fedlearn.CurrentTask{Meta: s.meta(), TaskName: task, Data: &fedlearn.ModelData{Params: map[string]*fedlearn.NDArray{
+		"data": {Ndarray: data}, "fl_context": {Ndarray: ctxData}}}}, nil
+}
+
+// flContext is the server's public FLContext as it travels with tasks.
+func (s *Server) flContext() ([]byte, error) {
+	return EncodeFLContext(&FLContext{Props: []Prop{{"__run_num__", int64(1), 1}, {"__identity_name__", s.Project, 1}}})
 }
 
 // GetTask hands out the round's training task, __try_again__ while there
@@ -384,7 +395,7 @@ func (s *Server) GetTask(ctx context.Context, req *fedlearn.ClientState) (*fedle
 	}
 	data, round, task := s.taskData, s.round, s.sag.TrainTaskName
 	s.mu.Unlock()
-	ctxData, err := EncodeFLContext(&FLContext{Props: []Prop{{"__run_num__", int64(1), 1}, {"__identity_name__", s.Project, 1}}})
+	ctxData, err := s.flContext()
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
@@ -426,8 +437,13 @@ func (s *Server) SubmitUpdate(ctx context.Context, req *fedlearn.Contribution) (
 		return nil, status.Error(codes.InvalidArgument, "result is not a WEIGHTS DXO")
 	}
 	steps, err := sh.DXO.NumSteps()
-	if err != nil || steps <= 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "result has no positive %s", MetaNumStepsCurrentRound)
+	if err != nil {
+		// NVFlare's aggregator weighs such a result 1, with a warning.
+		s.logf("client %s: result has no %s; weighted 1", c.name, MetaNumStepsCurrentRound)
+		steps = 1
+	}
+	if steps <= 0 {
+		return nil, status.Errorf(codes.InvalidArgument, "result has %s = %d", MetaNumStepsCurrentRound, steps)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
