@@ -4,6 +4,7 @@ import (
 	"archive/zip"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -259,11 +260,17 @@ func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, run, appDir 
 		go func() { workDone <- c.work(ctx) }()
 		return "str", []byte("Start the client app..."), false, nil
 	case TopicCheckStatus:
+		// NVFlare's server reads a JSON object (ClientStatusKey).
 		status := "not started"
 		if *started {
 			status = "started"
 		}
-		return "str", []byte(status), false, nil
+		app := ""
+		if *appDir != "" {
+			app = strings.TrimPrefix(filepath.Base(*appDir), "app_")
+		}
+		b, err := json.Marshal(map[string]string{"app_name": app, "run_number": *run, "status": status})
+		return "str", b, false, err
 	case TopicAbort, TopicShutdown:
 		return "str", []byte("OK"), true, nil
 	case TopicAux:

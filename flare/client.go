@@ -169,7 +169,7 @@ func (c *Client) meta() *fedlearn.MetaData {
 	if p == "" {
 		p = "example_project"
 	}
-	return &fedlearn.MetaData{Project: &fedlearn.MetaData_Project{Name: p}}
+	return &fedlearn.MetaData{Project: &fedlearn.MetaData_Project{Name: p}, RunNumber: 1}
 }
 
 func (c *Client) heartbeat(ctx context.Context) {
@@ -182,8 +182,21 @@ func (c *Client) heartbeat(ctx context.Context) {
 	}
 }
 
+// state is the ClientState of GetTask and SubmitUpdate. NVFlare's server
+// unpickles the client's public FLContext from its context["fl_context"].
 func (c *Client) state() *fedlearn.ClientState {
-	return &fedlearn.ClientState{ClientName: c.Name, Token: c.token, Meta: c.meta()}
+	st := &fedlearn.ClientState{ClientName: c.Name, Token: c.token, Meta: c.meta()}
+	if b, err := c.flContext(); err == nil {
+		st.Context = map[string]*fedlearn.NDArray{"fl_context": {Ndarray: b}}
+	}
+	return st
+}
+
+// flContext is the client's public FLContext, as NVFlare 2.0's client
+// sends it: run number, identity, client name and token, all public.
+func (c *Client) flContext() ([]byte, error) {
+	return EncodeFLContext(&FLContext{Props: []Prop{
+		{"__run_num__", int64(1), 1}, {"__identity_name__", c.Name, 1}, {"__client_name__", c.Name, 1}, {"fl_token", c.token, 1}}})
 }
 
 // getTask asks for work, registering again if the server forgot us (it
@@ -248,9 +261,13 @@ func (c *Client) runTask(ctx context.Context, task *fedlearn.CurrentTask) error 
 	if err != nil {
 		return fmt.Errorf("client %s: encoding the result: %w", c.Name, err)
 	}
+	flc, err := c.flContext()
+	if err != nil {
+		return err
+	}
 	err = c.retry(ctx, "submit", func() error {
 		_, err := c.fl.SubmitUpdate(ctx, &fedlearn.Contribution{Client: c.state(), TaskName: task.TaskName,
-			Data: &fedlearn.ModelData{Params: map[string]*fedlearn.NDArray{"data": {Ndarray: data}}}})
+			Data: &fedlearn.ModelData{Params: map[string]*fedlearn.NDArray{"data": {Ndarray: data}, "fl_context": {Ndarray: flc}}}})
 		return err
 	})
 	if status.Code(err) == codes.Unauthenticated {

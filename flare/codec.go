@@ -185,9 +185,13 @@ func decodeDXO(v any) (*DXO, error) {
 // into an nvflare.apis.shareable.Shareable holding numpy arrays.
 func EncodeShareable(s *Shareable) ([]byte, error) {
 	obj := &pickle.Object{Class: globalShareable, Args: pickle.Tuple{}}
-	headers := s.Headers
-	if headers == nil {
-		headers = &pickle.Dict{}
+	headers := &pickle.Dict{}
+	if s.Headers != nil {
+		headers.Items = append(headers.Items, s.Headers.Items...)
+	}
+	if _, ok := headers.Get(HeaderContentType); !ok && s.DXO != nil {
+		// As DXO.to_shareable does; NVFlare's aggregator rejects a DXO without it.
+		headers.Set(HeaderContentType, "DXO")
 	}
 	obj.Items = append(obj.Items, pickle.Item{Key: "__headers__", Value: headers})
 	if s.DXO != nil {

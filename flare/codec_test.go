@@ -225,6 +225,9 @@ func TestWeightsDXO(t *testing.T) {
 	if n, _ := back.DXO.NumSteps(); n != 5 {
 		t.Fatalf("NUM_STEPS %d", n)
 	}
+	if back.HeaderString(HeaderContentType) != "DXO" {
+		t.Fatalf("no __content_type__ DXO header (NVFlare's aggregator requires it)")
+	}
 }
 
 // The server's codec writes a CurrentTask exactly as protobuf does.
@@ -266,5 +269,36 @@ func TestDecodeNumpyScalar(t *testing.T) {
 	}
 	if w, _ := s.DXO.Get("w").Float32s(); w[1] != 3.5 {
 		t.Fatalf("w = %v", w)
+	}
+}
+
+// Our GetTask request carries the same FLContext props as NVFlare's
+// (golden GetTask_req.ClientState.bin, made by the 2.0.5 client).
+func TestClientStateMatchesNVFlare(t *testing.T) {
+	var want fedlearn.ClientState
+	if err := protobuf.Unmarshal(fixture(t, "golden", "GetTask_req.ClientState.bin"), &want); err != nil {
+		t.Fatal(err)
+	}
+	wc, err := DecodeFLContext(want.Context["fl_context"].GetNdarray())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Client{Name: "site-1", token: want.Token} // NVFlare leaves client_name empty; the name travels in the context
+	got := c.state()
+	gc, err := DecodeFLContext(got.Context["fl_context"].GetNdarray())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Meta.GetRunNumber() != want.Meta.GetRunNumber() || got.Meta.GetProject().GetName() != want.Meta.GetProject().GetName() {
+		t.Errorf("meta %v, NVFlare's %v", got.Meta, want.Meta)
+	}
+	if len(gc.Props) != len(wc.Props) {
+		t.Fatalf("props %v, NVFlare's %v", gc.Props, wc.Props)
+	}
+	for _, p := range wc.Props {
+		v, ok := gc.Get(p.Name)
+		if !ok || v != p.Value {
+			t.Errorf("prop %s = %v, NVFlare's %v", p.Name, v, p.Value)
+		}
 	}
 }
