@@ -4,23 +4,13 @@ package flare
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
+
+	peertool "github.com/flarego/flarego/internal/peer"
 )
 
-func peer(t *testing.T, args ...string) string {
-	t.Helper()
-	py := os.Getenv("PYTHON")
-	if py == "" {
-		py = "/usr/bin/python3"
-	}
-	out, err := exec.Command(py, append([]string{filepath.Join("..", "testdata", "interop", "peer.py")}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("peer.py %v: %v\n%s", args, err, out)
-	}
-	return string(out)
-}
+func peer(t *testing.T, args ...string) string { return peertool.Run(t, args...) }
 
 // What we encode, Python's pickle.loads turns into the same Shareable and
 // FLContext objects as NVFlare 2.0.5's own pickles (with a stand-in module

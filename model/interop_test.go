@@ -7,25 +7,15 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
+	peertool "github.com/flarego/flarego/internal/peer"
 	"github.com/flarego/flarego/persistor"
 	"github.com/flarego/flarego/persistor/pickle"
 )
 
-func peer(t *testing.T, args ...string) {
-	t.Helper()
-	py := os.Getenv("PYTHON")
-	if py == "" {
-		py = "/usr/bin/python3"
-	}
-	out, err := exec.Command(py, append([]string{filepath.Join("..", "testdata", "interop", "peer.py")}, args...)...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("peer.py %v: %v\n%s", args, err, out)
-	}
-}
+func peer(t *testing.T, args ...string) { peertool.Run(t, args...) }
 
 func savePT(t *testing.T, path string, v any) {
 	t.Helper()

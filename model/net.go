@@ -329,35 +329,7 @@ func (a *Adam) step1(params []*Param32) {
 var workers = runtime.GOMAXPROCS(0)
 
 // parallelFor runs f(0..n-1) on up to `workers` goroutines.
-func parallelFor(n int, f func(i int)) {
-	w := min(workers, n)
-	if w <= 1 {
-		for i := 0; i < n; i++ {
-			f(i)
-		}
-		return
-	}
-	var wg sync.WaitGroup
-	var next sync.Mutex
-	i := 0
-	for g := 0; g < w; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				next.Lock()
-				j := i
-				i++
-				next.Unlock()
-				if j >= n {
-					return
-				}
-				f(j)
-			}
-		}()
-	}
-	wg.Wait()
-}
+func parallelFor(n int, f func(i int)) { parallelWorkers(n, func(_, i int) { f(i) }) }
 
 // parallelWorkers runs f(worker, 0..n-1) on up to `workers` goroutines;
 // worker numbers are below `workers`, so f may use per-worker buffers.

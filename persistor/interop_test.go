@@ -14,26 +14,14 @@ import (
 	"fmt"
 	"math/big"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
+	peertool "github.com/flarego/flarego/internal/peer"
 	"github.com/flarego/flarego/persistor/pickle"
 )
 
-func peer(t *testing.T, args ...string) string {
-	t.Helper()
-	py := os.Getenv("PYTHON")
-	if py == "" {
-		py = "/usr/bin/python3"
-	}
-	cmd := exec.Command(py, append([]string{filepath.Join("..", "testdata", "interop", "peer.py")}, args...)...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("peer.py %v: %v\n%s", args, err, out)
-	}
-	return string(out)
-}
+func peer(t *testing.T, args ...string) string { return peertool.Run(t, args...) }
 
 func TestInteropFernet(t *testing.T) {
 	dir := t.TempDir()

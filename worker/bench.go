@@ -97,6 +97,16 @@ func (m measurement) median() (float64, float64) {
 	return med(m.seconds), med(m.rssMB)
 }
 
+// benchSetup returns this binary's path (children run it) and a scratch
+// folder for the caller to remove.
+func benchSetup() (self, dir string, err error) {
+	if self, err = os.Executable(); err != nil {
+		return "", "", err
+	}
+	dir, err = os.MkdirTemp("", "flarego-bench-")
+	return self, dir, err
+}
+
 // runChild runs one timed operation in a fresh process and returns the time
 // it reports and the process's peak RSS.
 func runChild(name string, args ...string) (float64, float64, error) {
@@ -143,11 +153,7 @@ func (c *command) bench(args []string) error {
 	if _, err := parse(fs, args[1:], 0, 0); err != nil {
 		return err
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	dir, err := os.MkdirTemp("", "flarego-bench-")
+	self, dir, err := benchSetup()
 	if err != nil {
 		return err
 	}

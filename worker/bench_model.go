@@ -24,11 +24,7 @@ func (c *command) benchModel(args []string) error {
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	dir, err := os.MkdirTemp("", "flarego-bench-")
+	self, dir, err := benchSetup()
 	if err != nil {
 		return err
 	}

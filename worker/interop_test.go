@@ -5,10 +5,10 @@ package main
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 
+	peertool "github.com/flarego/flarego/internal/peer"
 	"github.com/flarego/flarego/persistor"
 	"github.com/flarego/flarego/persistor/pickle"
 )
@@ -39,15 +39,8 @@ func TestInteropSimulatedModelLoadsInTorch(t *testing.T) {
 	must("samples", "--n", "2", "--seed", "2", filepath.Join(dir, "data", "site-2"))
 	must("simulate", job, "-n", "2", "--data", filepath.Join(dir, "data"), "--key-file", key, "--set", "wait_time_after_min_received=0")
 
-	py := os.Getenv("PYTHON")
-	if py == "" {
-		py = "/usr/bin/python3"
-	}
-	peer := filepath.Join("..", "testdata", "interop", "peer.py")
 	plain := filepath.Join(dir, "global.pt")
-	if b, err := exec.Command(py, peer, "fernet-decrypt", key, filepath.Join(dir, "output", "model_parameters.pt.enc"), plain).CombinedOutput(); err != nil {
-		t.Fatalf("Python could not decrypt the global model: %v\n%s", err, b)
-	}
+	peertool.Run(t, "fernet-decrypt", key, filepath.Join(dir, "output", "model_parameters.pt.enc"), plain)
 	x := make([]float32, 3*224*224)
 	for i := range x {
 		x[i] = float32(i%17) / 17
@@ -55,7 +48,6 @@ func TestInteropSimulatedModelLoadsInTorch(t *testing.T) {
 	var xb bytes.Buffer
 	persistor.WritePT(&xb, &pickle.OrderedDict{Items: []pickle.Item{{Key: "x", Value: persistor.FromFloat32(x, 1, 3, 224, 224)}}}, persistor.PTOptions{})
 	os.WriteFile(filepath.Join(dir, "x.pt"), xb.Bytes(), 0o600)
-	if b, err := exec.Command(py, peer, "model-forward", plain, filepath.Join(dir, "x.pt"), filepath.Join(dir, "fw.pt"), "eval").CombinedOutput(); err != nil {
-		t.Fatalf("torch could not load the global model into PneumoniaModel: %v\n%s", err, b)
-	}
+	// torch.load(weights_only=True) and a strict load_state_dict into PneumoniaModel.
+	peertool.Run(t, "model-forward", plain, filepath.Join(dir, "x.pt"), filepath.Join(dir, "fw.pt"), "eval")
 }

@@ -43,11 +43,17 @@ func (m *modelFlags) key() (*persistor.Key, error) {
 	return m.loc.KeyFile()
 }
 
-func (m *modelFlags) loadSpec(k *persistor.Key) (*model.Spec, error) {
-	if m.spec == "" {
-		return model.PneumoniaSpec(), nil
+// keyAndSpec loads the key, then the spec (decrypting it with the key).
+func (m *modelFlags) keyAndSpec() (*persistor.Key, *model.Spec, error) {
+	k, err := m.key()
+	if err != nil {
+		return nil, nil, err
 	}
-	return model.LoadSpec(m.spec, k)
+	if m.spec == "" {
+		return k, model.PneumoniaSpec(), nil
+	}
+	spec, err := model.LoadSpec(m.spec, k)
+	return k, spec, err
 }
 
 // interruptible returns a context cancelled by Ctrl-C / SIGTERM.
@@ -67,11 +73,7 @@ func (c *command) train(args []string) error {
 		return err
 	}
 	start := time.Now()
-	k, err := m.key()
-	if err != nil {
-		return err
-	}
-	spec, err := m.loadSpec(k)
+	k, spec, err := m.keyAndSpec()
 	if err != nil {
 		return err
 	}
@@ -129,11 +131,7 @@ func (c *command) infer(args []string) error {
 	if err != nil {
 		return err
 	}
-	k, err := m.key()
-	if err != nil {
-		return err
-	}
-	spec, err := m.loadSpec(k)
+	k, spec, err := m.keyAndSpec()
 	if err != nil {
 		return err
 	}

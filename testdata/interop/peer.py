@@ -57,29 +57,9 @@ def fail(msg):
 
 
 def pneumonia_model():
-    """The seed's network.py PneumoniaModel, as seed-behaviour.md describes it."""
-    import torch.nn as nn
-
-    class PneumoniaModel(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 12, kernel_size=3, stride=1, padding=1)
-            self.bn1 = nn.BatchNorm2d(12)
-            self.relu1 = nn.ReLU()
-            self.pool = nn.MaxPool2d(kernel_size=2)
-            self.conv2 = nn.Conv2d(12, 20, kernel_size=3, stride=1, padding=1)
-            self.relu2 = nn.ReLU()
-            self.conv3 = nn.Conv2d(20, 32, kernel_size=3, stride=1, padding=1)
-            self.bn3 = nn.BatchNorm2d(32)
-            self.relu3 = nn.ReLU()
-            self.fc = nn.Linear(32 * 112 * 112, 2)
-
-        def forward(self, x):
-            x = self.pool(self.relu1(self.bn1(self.conv1(x))))
-            x = self.relu2(self.conv2(x))
-            x = self.relu3(self.bn3(self.conv3(x)))
-            return self.fc(x.view(x.size(0), -1))
-
+    """The seed's PneumoniaModel, from the benchmark script flarego embeds (one definition)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "worker"))
+    from bench_model import PneumoniaModel
     return PneumoniaModel()
 
 
