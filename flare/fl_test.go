@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -269,5 +270,76 @@ func TestClientSurvivesServerRestart(t *testing.T) {
 	}
 	if len(p.saved) != 1 {
 		t.Fatalf("%d models saved", len(p.saved))
+	}
+}
+
+// A client that registered and went silent is dropped after the heart-beat
+// timeout, so the round need not wait for it.
+func TestSilentClientDropped(t *testing.T) {
+	p := &memPersistor{init: initModel()}
+	cfg := testServerConfig(1, 1, 30) // would wait 30 s for a second result
+	reg := &Registry{Persistors: map[string]func(json.RawMessage) (ModelPersistor, error){
+		"test.MemPersistor": func(json.RawMessage) (ModelPersistor, error) { return p, nil }}}
+	srv, err := NewServer(cfg, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Logf, srv.EndGrace, srv.HeartBeatTimeout = t.Logf, time.Second, 300*time.Millisecond
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), lis) }()
+	conn, _ := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer conn.Close()
+	if _, err := fedlearn.NewFederatedTrainingClient(conn).Register(context.Background(), &fedlearn.ClientLogin{ClientName: "ghost"}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	c := &Client{Name: "live", Target: lis.Addr().String(), Tasks: map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}, Heartbeat: 100 * time.Millisecond}
+	if err := c.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("round took %s: the silent client was not dropped", d)
+	}
+}
+
+// A result larger than the pickle limit is refused with a clear error; the
+// connection and the run go on.
+func TestOversizedResultRejected(t *testing.T) {
+	old := MaxPickleBytes
+	MaxPickleBytes = 64 << 10
+	defer func() { MaxPickleBytes = old }()
+	big := persistor.NewStateDict()
+	big.Set("w", persistor.FromFloat32(make([]float32, 64<<10), 64<<10)) // 256 KiB
+	p := &memPersistor{init: initModel()}
+	srv, addr, done := startServer(t, testServerConfig(1, 1, 0), p)
+	defer srv.Stop()
+	conn, _ := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer conn.Close()
+	fl := fedlearn.NewFederatedTrainingClient(conn)
+	reg, err := fl.Register(context.Background(), &fedlearn.ClientLogin{ClientName: "big"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh := NewShareable()
+	sh.DXO = WeightsDXO(big, nil)
+	data, _ := EncodeShareable(sh)
+	_, err = fl.SubmitUpdate(context.Background(), &fedlearn.Contribution{Client: &fedlearn.ClientState{Token: reg.Token},
+		Data: &fedlearn.ModelData{Params: map[string]*fedlearn.NDArray{"data": {Ndarray: data}}}})
+	if err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Fatalf("oversized result: %v", err)
+	}
+	if _, err := fl.Heartbeat(context.Background(), &fedlearn.Token{Token: reg.Token}); err != nil {
+		t.Fatalf("connection broken: %v", err)
+	}
+	good := &Client{Name: "good", Target: addr, Tasks: map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}}
+	if err := good.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
