@@ -22,7 +22,7 @@ func TestAdminRepliesMatchNVFlare(t *testing.T) {
 	ws := t.TempDir()
 	c := &Client{Name: "site-1"}
 	h := AdminHandler{Workspace: ws, Start: func(dir string) (map[string]Executor, error) { return map[string]Executor{}, nil }}
-	run, appDir, started := "1", "", false
+	st := &adminState{run: "1", workDone: make(chan error, 1)}
 	for _, pair := range [][2]string{{"0007_Retrieve_resp.bin", "0009_SendReply_req.bin"}, {"0011_Retrieve_resp.bin", "0013_SendReply_req.bin"},
 		{"0016_Retrieve_resp.bin", "0017_SendReply_req.bin"}, {"0226_Retrieve_resp.bin", "0233_SendReply_req.bin"}} {
 		var msgs admin.Messages
@@ -35,7 +35,7 @@ func TestAdminRepliesMatchNVFlare(t *testing.T) {
 		}
 		m := msgs.Message[0]
 		ctx, cancel := context.WithCancel(context.Background())
-		bodyType, body, _, err := c.handleAdmin(ctx, m, &run, &appDir, h, &started, make(chan error, 1))
+		bodyType, body, _, err := c.handleAdmin(ctx, m, st, h)
 		cancel()
 		if err != nil {
 			t.Fatalf("%s: %v", m.Topic, err)
@@ -62,6 +62,14 @@ func TestAdminRepliesMatchNVFlare(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(ws, "run_1", "app_site-1", "config", "config_fed_client.json")); err != nil {
 		t.Fatalf("deployed app: %v", err)
+	}
+	// check_status and sys.info answer JSON, as NVFlare's server reads them.
+	for _, topic := range []string{TopicCheckStatus, TopicSysInfo} {
+		_, body, stop, err := c.handleAdmin(context.Background(), &admin.Message{Id: "x", Topic: topic}, st, h)
+		var v map[string]any
+		if err != nil || stop || json.Unmarshal(body, &v) != nil || len(v) == 0 {
+			t.Errorf("%s: %q, %v", topic, body, err)
+		}
 	}
 }
 

@@ -27,6 +27,7 @@ const (
 	TopicAbort        = "train.abort"
 	TopicCheckStatus  = "train.check_status"
 	TopicShutdown     = "train.shutdown"
+	TopicSysInfo      = "sys.info"
 	TopicAux          = "__aux_command__"
 )
 
@@ -186,10 +187,7 @@ func (c *Client) RunAdmin(ctx context.Context, h AdminHandler) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	run := "1"
-	var appDir string
-	workDone := make(chan error, 1)
-	started := false
+	st := &adminState{run: "1", workDone: make(chan error, 1)}
 	for {
 		var msgs *admin.Messages
 		err := c.retry(ctx, "admin poll", func() error {
@@ -201,7 +199,7 @@ func (c *Client) RunAdmin(ctx context.Context, h AdminHandler) error {
 			return err
 		}
 		for _, m := range msgs.GetMessage() {
-			bodyType, body, stop, err := c.handleAdmin(ctx, m, &run, &appDir, h, &started, workDone)
+			bodyType, body, stop, err := c.handleAdmin(ctx, m, st, h)
 			if err != nil {
 				c.logf("client %s: admin %s: %v", c.Name, m.Topic, err)
 				bodyType, body = "str", []byte("ERROR: "+err.Error())
@@ -213,7 +211,11 @@ func (c *Client) RunAdmin(ctx context.Context, h AdminHandler) error {
 			}
 		}
 		select {
-		case err := <-workDone:
+		case err := <-st.workDone:
+			if st.aborted {
+				st.aborted, st.started = false, false
+				continue
+			}
 			return err
 		case <-ctx.Done():
 			return ctx.Err()
@@ -222,7 +224,17 @@ func (c *Client) RunAdmin(ctx context.Context, h AdminHandler) error {
 	}
 }
 
-func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, run, appDir *string, h AdminHandler, started *bool, workDone chan error) (string, []byte, bool, error) {
+// adminState is what the admin channel has set up so far.
+type adminState struct {
+	run, appDir string
+	started     bool
+	aborted     bool
+	stopWork    context.CancelFunc
+	workDone    chan error
+}
+
+func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, st *adminState, h AdminHandler) (string, []byte, bool, error) {
+	run, appDir, started := &st.run, &st.appDir, &st.started
 	switch m.Topic {
 	case TopicSetRunNumber:
 		if r := m.Headers["run_number"]; r != "" {
@@ -257,7 +269,9 @@ func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, run, appDir 
 		}
 		c.Tasks = tasks
 		*started = true
-		go func() { workDone <- c.work(ctx) }()
+		workCtx, stop := context.WithCancel(ctx)
+		st.stopWork = stop
+		go func() { st.workDone <- c.work(workCtx) }()
 		return "str", []byte("Start the client app..."), false, nil
 	case TopicCheckStatus:
 		// NVFlare's server reads a JSON object (ClientStatusKey).
@@ -271,8 +285,21 @@ func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, run, appDir 
 		}
 		b, err := json.Marshal(map[string]string{"app_name": app, "run_number": *run, "status": status})
 		return "str", b, false, err
-	case TopicAbort, TopicShutdown:
-		return "str", []byte("OK"), true, nil
+	case TopicAbort:
+		// Stop the app; the client stays, ready for the next deploy/start.
+		if st.stopWork != nil && *started {
+			st.aborted = true
+			st.stopWork()
+		}
+		return "str", []byte("Abort signal has been sent to the client App."), false, nil
+	case TopicShutdown:
+		if st.stopWork != nil {
+			st.stopWork()
+		}
+		return "str", []byte("Shutdown the client..."), true, nil
+	case TopicSysInfo:
+		b, err := json.Marshal(sysInfo())
+		return "str", b, false, err
 	case TopicAux:
 		reply := NewShareable()
 		reply.SetHeader(HeaderRC, RCOK)
@@ -283,4 +310,29 @@ func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, run, appDir 
 		return "bytes", b, false, err
 	}
 	return "str", []byte("unknown topic " + m.Topic), false, nil
+}
+
+// sysInfo is what NVFlare's sys.info reply holds (psutil.virtual_memory()),
+// read from /proc/meminfo; missing values are left out.
+func sysInfo() map[string]any {
+	info := map[string]any{}
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return info
+	}
+	kb := map[string]int64{}
+	for _, line := range strings.Split(string(data), "\n") {
+		var name string
+		var v int64
+		if n, _ := fmt.Sscanf(strings.Replace(line, ":", " ", 1), "%s %d", &name, &v); n == 2 {
+			kb[name] = v * 1024
+		}
+	}
+	total, avail := kb["MemTotal"], kb["MemAvailable"]
+	info["total"], info["available"], info["free"] = total, avail, kb["MemFree"]
+	info["used"] = total - kb["MemFree"] - kb["Buffers"] - kb["Cached"]
+	if total > 0 {
+		info["percent"] = float64(int(1000*float64(total-avail)/float64(total))) / 10
+	}
+	return info
 }
