@@ -30,11 +30,14 @@ The model:
 
 Federated learning (NVFlare 2.0 wire protocol):
   server -m WS -s fed_server.json --job APP [--set k=v]   the FL server (NVFlare's server_train flags)
-  client -m WS -s fed_client.json --job APP --set uid=SITE   a site (NVFlare's client_train flags)
+  client -m WS -s fed_client.json --set uid=SITE [--job APP]   a site (NVFlare's client_train flags);
+                                  without --job it waits for the server to deploy the app
   simulate JOB_DIR -n N [--data DIR]   the job's server and N clients in one process over loopback gRPC
 
 Measurements:
   bench persist [--cases ...]     encrypted save and load, side by side with Python (torch + cryptography)
+  bench model [--batches 4,16]    training and inference throughput, side by side with PyTorch
+  bench fl [--clients 200]        one federated round with many clients returning perturbed weights
 
 KEYFILE is a raw key file or a secret_run_params.json ({"key": "..."}).
 Run 'flarego COMMAND -h' for a command's flags.
