@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,9 +16,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/flarego/flarego/internal/testpki"
 	"github.com/flarego/flarego/persistor"
 	"github.com/flarego/flarego/persistor/pickle"
 	"github.com/flarego/flarego/proto/fedlearn"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // memPersistor keeps every saved model.
@@ -337,6 +342,50 @@ func TestOversizedResultRejected(t *testing.T) {
 	}
 	good := &Client{Name: "good", Target: addr, Tasks: map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}}
 	if err := good.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// With mutual TLS a client can only register under its certificate's name.
+func TestRegistrationMustMatchCertificate(t *testing.T) {
+	dir := t.TempDir()
+	ca := testpki.NewCA(t)
+	ca.WriteRoot(t, filepath.Join(dir, "rootCA.pem"))
+	ca.Issue(t, "server", filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key"))
+	ca.Issue(t, "site-1", filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key"))
+	kitPath := filepath.Join(dir, "fed.json")
+	os.WriteFile(kitPath, []byte(`{"servers": [{"name": "p", "service": {"target": "127.0.0.1:1"}, "ssl_private_key": "server.key", "ssl_cert": "server.crt", "ssl_root_cert": "rootCA.pem"}],
+ "client": {"ssl_private_key": "client.key", "ssl_cert": "client.crt", "ssl_root_cert": "rootCA.pem"}}`), 0o644)
+	kit, err := LoadStartupKit(kitPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvCreds, err := kit.ServerCredentials()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliCreds, err := kit.ClientCredentials()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &memPersistor{init: initModel()}
+	reg := &Registry{Persistors: map[string]func(json.RawMessage) (ModelPersistor, error){
+		"test.MemPersistor": func(json.RawMessage) (ModelPersistor, error) { return p, nil }}}
+	srv, _ := NewServer(testServerConfig(1, 1, 0), reg)
+	srv.ServerOptions, srv.EndGrace = []grpc.ServerOption{srvCreds}, time.Second
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), lis) }()
+	impostor := &Client{Name: "site-2", Target: lis.Addr().String(), DialOptions: []grpc.DialOption{cliCreds}}
+	if err := impostor.Run(context.Background()); status.Code(err) != codes.PermissionDenied || !strings.Contains(fmt.Sprint(err), "does not match its certificate") {
+		t.Fatalf("impostor: %v", err)
+	}
+	honest := &Client{Name: "site-1", Target: lis.Addr().String(), DialOptions: []grpc.DialOption{cliCreds},
+		Tasks: map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}}
+	if err := honest.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-done; err != nil {

@@ -12,7 +12,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	_ "google.golang.org/grpc/encoding/gzip" // NVFlare 2.0 compresses with gzip
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/flarego/flarego/persistor"
@@ -302,6 +304,15 @@ func (s *Server) meta() *fedlearn.MetaData {
 func (s *Server) Register(ctx context.Context, req *fedlearn.ClientLogin) (*fedlearn.FederatedSummary, error) {
 	if req.ClientName == "" {
 		return nil, status.Error(codes.InvalidArgument, "client_name is empty")
+	}
+	// With mutual TLS the name must be the one the certificate was issued to.
+	if p, ok := peer.FromContext(ctx); ok {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+			if cn := ti.State.PeerCertificates[0].Subject.CommonName; cn != req.ClientName {
+				s.logf("refused registration of %q with a certificate for %q", req.ClientName, cn)
+				return nil, status.Errorf(codes.PermissionDenied, "client name %q does not match its certificate (%q)", req.ClientName, cn)
+			}
+		}
 	}
 	tok := newUUID()
 	s.mu.Lock()

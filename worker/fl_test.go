@@ -2,14 +2,7 @@ package main
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,44 +10,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/flarego/flarego/internal/testpki"
 )
-
-type certMaker struct {
-	ca  *x509.Certificate
-	key *ecdsa.PrivateKey
-}
-
-func newCA(t *testing.T) *certMaker {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test root"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(der)
-	return &certMaker{ca, key}
-}
-
-func (m *certMaker) writeRoot(t *testing.T, path string) {
-	os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: m.ca.Raw}), 0o644)
-}
-
-func (m *certMaker) issue(t *testing.T, cn, certPath, keyPath string) {
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"localhost"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		KeyUsage: x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, m.ca, &key.PublicKey, m.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, _ := x509.MarshalECPrivateKey(key)
-	os.WriteFile(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
-	os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
-}
 
 // The server and two clients as separate commands from NVFlare-style
 // startup kits, with mutual TLS; a client whose certificate another CA
@@ -66,7 +24,7 @@ func TestServerAndClientsWithMutualTLS(t *testing.T) {
 	lis, _ := net.Listen("tcp", "127.0.0.1:0")
 	target := lis.Addr().String()
 	lis.Close()
-	ca := newCA(t)
+	ca := testpki.NewCA(t)
 	job := filepath.Join(dir, "job")
 	os.MkdirAll(filepath.Join(job, "config"), 0o755)
 	os.MkdirAll(filepath.Join(job, "custom"), 0o755)
@@ -87,22 +45,22 @@ func TestServerAndClientsWithMutualTLS(t *testing.T) {
 	srvWS := kit("server", fmt.Sprintf(`{"format_version": 2, "servers": [{"name": "example_project", "service": {"target": %q},
  "admin_host": "localhost", "admin_port": 8003, "ssl_private_key": "server.key", "ssl_cert": "server.crt", "ssl_root_cert": "rootCA.pem",
  "compression": "Gzip", "heart_beat_timeout": 600}]}`, target))
-	ca.writeRoot(t, filepath.Join(srvWS, "startup", "rootCA.pem"))
-	ca.issue(t, "server", filepath.Join(srvWS, "startup", "server.crt"), filepath.Join(srvWS, "startup", "server.key"))
+	ca.WriteRoot(t, filepath.Join(srvWS, "startup", "rootCA.pem"))
+	ca.Issue(t, "server", filepath.Join(srvWS, "startup", "server.crt"), filepath.Join(srvWS, "startup", "server.key"))
 	clientKit := fmt.Sprintf(`{"format_version": 2, "servers": [{"name": "example_project", "service": {"target": %q}}],
  "client": {"ssl_private_key": "client.key", "ssl_cert": "client.crt", "ssl_root_cert": "rootCA.pem", "compression": "Gzip", "retry_timeout": 20}}`, target)
 	var sites []string
 	for i := 1; i <= 2; i++ {
 		ws := kit(fmt.Sprintf("site-%d", i), clientKit)
-		ca.writeRoot(t, filepath.Join(ws, "startup", "rootCA.pem"))
-		ca.issue(t, fmt.Sprintf("site-%d", i), filepath.Join(ws, "startup", "client.crt"), filepath.Join(ws, "startup", "client.key"))
+		ca.WriteRoot(t, filepath.Join(ws, "startup", "rootCA.pem"))
+		ca.Issue(t, fmt.Sprintf("site-%d", i), filepath.Join(ws, "startup", "client.crt"), filepath.Join(ws, "startup", "client.key"))
 		run([]string{"samples", "--n", "2", "--seed", fmt.Sprint(i), filepath.Join(ws, "input")}, &out, &out)
 		sites = append(sites, ws)
 	}
 	rogue := kit("rogue", clientKit)
-	other := newCA(t)
-	ca.writeRoot(t, filepath.Join(rogue, "startup", "rootCA.pem"))
-	other.issue(t, "rogue", filepath.Join(rogue, "startup", "client.crt"), filepath.Join(rogue, "startup", "client.key"))
+	other := testpki.NewCA(t)
+	ca.WriteRoot(t, filepath.Join(rogue, "startup", "rootCA.pem"))
+	other.Issue(t, "rogue", filepath.Join(rogue, "startup", "client.crt"), filepath.Join(rogue, "startup", "client.key"))
 
 	os.MkdirAll(filepath.Join(dir, "output"), 0o755)
 	var wg sync.WaitGroup
