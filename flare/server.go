@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	_ "google.golang.org/grpc/encoding/gzip" // NVFlare 2.0 compresses with gzip
-	"google.golang.org/grpc/peer"
+	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/flarego/flarego/persistor"
@@ -306,7 +306,7 @@ func (s *Server) Register(ctx context.Context, req *fedlearn.ClientLogin) (*fedl
 		return nil, status.Error(codes.InvalidArgument, "client_name is empty")
 	}
 	// With mutual TLS the name must be the one the certificate was issued to.
-	if p, ok := peer.FromContext(ctx); ok {
+	if p, ok := grpcpeer.FromContext(ctx); ok {
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
 			if cn := ti.State.PeerCertificates[0].Subject.CommonName; cn != req.ClientName {
 				s.logf("refused registration of %q with a certificate for %q", req.ClientName, cn)
