@@ -73,6 +73,20 @@ func TestAdminRepliesMatchNVFlare(t *testing.T) {
 	}
 }
 
+func TestPlaintextCodeIsReported(t *testing.T) {
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "custom"), 0o755)
+	os.WriteFile(filepath.Join(dir, "custom", "network.json.enc"), []byte("gAAAAABfake"), 0o644)
+	os.WriteFile(filepath.Join(dir, "custom", "__init__.py"), []byte(""), 0o644)
+	if got := PlaintextCode(dir); len(got) != 0 {
+		t.Fatalf("reported %v", got)
+	}
+	os.WriteFile(filepath.Join(dir, "custom", "network.py"), []byte("class PneumoniaModel: pass"), 0o644)
+	if got := PlaintextCode(dir); len(got) != 1 || got[0] != filepath.Join("custom", "network.py") {
+		t.Fatalf("reported %v", got)
+	}
+}
+
 func TestUnzipAppRefusesEscapes(t *testing.T) {
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "app", "config"), 0o755)

@@ -112,6 +112,33 @@ func UnzipApp(data []byte, dir string) error {
 	return nil
 }
 
+// PlaintextCode lists the files under an app's custom/ that are not
+// Fernet tokens: model code anyone who sees the app can read.
+func PlaintextCode(dir string) []string {
+	var plain []string
+	filepath.WalkDir(filepath.Join(dir, "custom"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return nil
+		}
+		head := make([]byte, 6)
+		n, _ := io.ReadFull(f, head)
+		f.Close()
+		if n == 0 || strings.HasPrefix(d.Name(), "__init__") {
+			return nil
+		}
+		if string(head[:n]) != "gAAAAA" {
+			rel, _ := filepath.Rel(dir, p)
+			plain = append(plain, rel)
+		}
+		return nil
+	})
+	return plain
+}
+
 // adminQueue holds, per client, the requests Retrieve hands out: a new
 // client is told the run number, gets the app, and is told to start.
 type adminQueue struct {
@@ -154,6 +181,9 @@ func (s *Server) ServeAppTo(dir, name string) error {
 	app, err := ZipApp(dir)
 	if err != nil {
 		return err
+	}
+	if plain := PlaintextCode(dir); len(plain) > 0 {
+		s.logf("warning: app %s sends model code in plaintext to every client: %s (encrypt it: flarego encrypt FILE KEY FILE.enc)", name, strings.Join(plain, ", "))
 	}
 	s.admin.mu.Lock()
 	defer s.admin.mu.Unlock()
