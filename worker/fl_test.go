@@ -14,6 +14,28 @@ import (
 	"github.com/flarego/flarego/internal/testpki"
 )
 
+// writeJob makes DIR/job: the pneumonia job's configs and its spec
+// encrypted with key, as a deployment holds them.
+func writeJob(t *testing.T, dir, key string) string {
+	t.Helper()
+	job := filepath.Join(dir, "job")
+	os.MkdirAll(filepath.Join(job, "config"), 0o755)
+	os.MkdirAll(filepath.Join(job, "custom"), 0o755)
+	for _, f := range []string{"config_fed_server.json", "config_fed_client.json"} {
+		b, err := os.ReadFile(filepath.Join("..", "job", "pneumonia", "config", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(job, "config", f), b, 0o644)
+	}
+	var out bytes.Buffer
+	spec, _ := filepath.Abs(filepath.Join("..", "testdata", "pneumonia_spec.json"))
+	if rc := run([]string{"encrypt", spec, key, filepath.Join(job, "custom", "network.json.enc")}, &out, &out); rc != 0 {
+		t.Fatal(out.String())
+	}
+	return job
+}
+
 // The server and two clients as separate commands from NVFlare-style
 // startup kits, with mutual TLS; a client whose certificate another CA
 // signed is refused.
@@ -25,17 +47,8 @@ func TestServerAndClientsWithMutualTLS(t *testing.T) {
 	target := lis.Addr().String()
 	lis.Close()
 	ca := testpki.NewCA(t)
-	job := filepath.Join(dir, "job")
-	os.MkdirAll(filepath.Join(job, "config"), 0o755)
-	os.MkdirAll(filepath.Join(job, "custom"), 0o755)
-	for _, f := range []string{"config_fed_server.json", "config_fed_client.json"} {
-		b, _ := os.ReadFile(filepath.Join("..", "job", "pneumonia", "config", f))
-		os.WriteFile(filepath.Join(job, "config", f), b, 0o644)
-	}
+	job := writeJob(t, dir, key)
 	var out bytes.Buffer
-	if rc := run([]string{"encrypt", filepath.Join(td, "pneumonia_spec.json"), key, filepath.Join(job, "custom", "network.json.enc")}, &out, &out); rc != 0 {
-		t.Fatal(out.String())
-	}
 	kit := func(name, content string) string {
 		ws := filepath.Join(dir, name)
 		os.MkdirAll(filepath.Join(ws, "startup"), 0o755)

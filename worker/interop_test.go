@@ -19,13 +19,7 @@ func TestInteropSimulatedModelLoadsInTorch(t *testing.T) {
 	dir := t.TempDir()
 	td, _ := filepath.Abs(filepath.Join("..", "testdata"))
 	key := filepath.Join(td, "fernet", "key.txt")
-	job := filepath.Join(dir, "job")
-	os.MkdirAll(filepath.Join(job, "config"), 0o755)
-	os.MkdirAll(filepath.Join(job, "custom"), 0o755)
-	for _, f := range []string{"config_fed_server.json", "config_fed_client.json"} {
-		b, _ := os.ReadFile(filepath.Join("..", "job", "pneumonia", "config", f))
-		os.WriteFile(filepath.Join(job, "config", f), b, 0o644)
-	}
+	job := writeJob(t, dir, key)
 	t.Setenv("FLAREGO_OUTPUT", filepath.Join(dir, "output"))
 	os.MkdirAll(filepath.Join(dir, "output"), 0o755)
 	var out bytes.Buffer
@@ -34,7 +28,6 @@ func TestInteropSimulatedModelLoadsInTorch(t *testing.T) {
 			t.Fatalf("flarego %v: exit %d\n%s", args, rc, out.String())
 		}
 	}
-	must("encrypt", filepath.Join(td, "pneumonia_spec.json"), key, filepath.Join(job, "custom", "network.json.enc"))
 	must("samples", "--n", "2", filepath.Join(dir, "data", "site-1"))
 	must("samples", "--n", "2", "--seed", "2", filepath.Join(dir, "data", "site-2"))
 	must("simulate", job, "-n", "2", "--data", filepath.Join(dir, "data"), "--key-file", key, "--set", "wait_time_after_min_received=0")

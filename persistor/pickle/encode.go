@@ -194,12 +194,10 @@ func (e *Encoder) save(v any) error {
 		if err := e.saveItems(v.Items); err != nil {
 			return err
 		}
-		if v.State != nil {
-			if err := e.save(v.State); err != nil {
-				return err
-			}
-			e.w.WriteByte(opBuild)
+		if v.State == nil { // a typed nil *Dict is not a nil state
+			return nil
 		}
+		return e.saveState(v.State)
 	case *Reduce:
 		if e.get(v) {
 			return nil
@@ -212,12 +210,7 @@ func (e *Encoder) save(v any) error {
 		}
 		e.w.WriteByte(opReduce)
 		e.put(v)
-		if v.State != nil {
-			if err := e.save(v.State); err != nil {
-				return err
-			}
-			e.w.WriteByte(opBuild)
-		}
+		return e.saveState(v.State)
 	case []byte:
 		if e.Protocol < 3 {
 			return errors.New("pickle: bytes need protocol 3")
@@ -245,12 +238,7 @@ func (e *Encoder) save(v any) error {
 		if err := e.saveItems(v.Items); err != nil {
 			return err
 		}
-		if v.State != nil {
-			if err := e.save(v.State); err != nil {
-				return err
-			}
-			e.w.WriteByte(opBuild)
-		}
+		return e.saveState(v.State)
 	case PersistentID:
 		if err := e.save(v.ID); err != nil {
 			return err
@@ -260,6 +248,17 @@ func (e *Encoder) save(v any) error {
 		return fmt.Errorf("pickle: cannot write a value of type %T", v)
 	}
 	return nil
+}
+
+// saveState writes an object's state and BUILD, when it has one.
+func (e *Encoder) saveState(state any) error {
+	if state == nil {
+		return nil
+	}
+	if err := e.save(state); err != nil {
+		return err
+	}
+	return e.w.WriteByte(opBuild)
 }
 
 func (e *Encoder) saveTuple(t Tuple) error {
