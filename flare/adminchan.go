@@ -35,7 +35,11 @@ const (
 const maxAppBytes = 256 << 20
 
 // ZipApp packs an app folder (config/, custom/) as NVFlare deploys it.
-func ZipApp(dir string) ([]byte, error) {
+func ZipApp(dir string) ([]byte, error) { return ZipFolder(dir, "") }
+
+// ZipFolder packs the files under dir with paths relative to it, under
+// prefix/ if prefix is set (as NVFlare's console uploads an app).
+func ZipFolder(dir, prefix string) ([]byte, error) {
 	var buf bytes.Buffer
 	zw := zip.NewWriter(&buf)
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
@@ -43,6 +47,12 @@ func ZipApp(dir string) ([]byte, error) {
 			return err
 		}
 		rel, _ := filepath.Rel(dir, p)
+		if prefix != "" {
+			rel = filepath.Join(prefix, rel)
+		}
+		if !d.Type().IsRegular() {
+			return fmt.Errorf("%s: not a regular file", p)
+		}
 		w, err := zw.Create(filepath.ToSlash(rel))
 		if err != nil {
 			return err
@@ -139,44 +149,125 @@ func PlaintextCode(dir string) []string {
 	return plain
 }
 
-// adminQueue holds, per client, the requests Retrieve hands out: a new
-// client is told the run number, gets the app, and is told to start.
+// adminQueue holds, per client token, the requests Retrieve hands out,
+// and the waiters for their replies.
 type adminQueue struct {
 	mu      sync.Mutex
+	pending map[string][]*admin.Message
+	waiters map[string]chan *admin.Message // token + "/" + message id
+	polled  map[string]bool                // tokens that poll the channel
+	sent    map[string]bool                // token + "/" + topic delivered
+	// A one-job server deploys and starts its app on every new client.
 	app     []byte
 	appName string
-	pending map[string][]*admin.Message
-	seen    map[string]bool
+	served  map[string]bool
 }
 
-func (q *adminQueue) forClient(token string) []*admin.Message {
+func (q *adminQueue) init() {
+	if q.pending == nil {
+		q.pending, q.waiters = map[string][]*admin.Message{}, map[string]chan *admin.Message{}
+		q.polled, q.sent, q.served = map[string]bool{}, map[string]bool{}, map[string]bool{}
+	}
+}
+
+// newAdminMessage is a server → client request as NVFlare's admin sends it.
+func newAdminMessage(topic, run string, body []byte, headers ...string) *admin.Message {
+	h := map[string]string{"run_number": run, "_userName": "flarego"}
+	for i := 0; i+1 < len(headers); i += 2 {
+		h[headers[i]] = headers[i+1]
+	}
+	m := &admin.Message{Id: newUUID(), Topic: topic, BodyType: "str", Headers: h}
+	if body != nil {
+		m.BodyType, m.Body = "bytes", body
+	}
+	return m
+}
+
+func (q *adminQueue) forClient(token, run string) []*admin.Message {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.app == nil {
-		return nil
-	}
-	if !q.seen[token] {
-		q.seen[token] = true
-		h := func(extra ...string) map[string]string {
-			m := map[string]string{"run_number": "1", "_userName": "flarego"}
-			for i := 0; i+1 < len(extra); i += 2 {
-				m[extra[i]] = extra[i+1]
-			}
-			return m
-		}
+	q.init()
+	q.polled[token] = true
+	if q.app != nil && !q.served[token] {
+		q.served[token] = true
 		q.pending[token] = append(q.pending[token],
-			&admin.Message{Id: newUUID(), Topic: TopicSetRunNumber, BodyType: "str", Headers: h()},
-			&admin.Message{Id: newUUID(), Topic: TopicDeploy, BodyType: "bytes", Body: q.app, Headers: h("app_name", q.appName)},
-			&admin.Message{Id: newUUID(), Topic: TopicStart, BodyType: "str", Headers: h()})
+			newAdminMessage(TopicSetRunNumber, run, nil),
+			newAdminMessage(TopicDeploy, run, q.app, "app_name", q.appName),
+			newAdminMessage(TopicStart, run, nil))
 	}
 	msgs := q.pending[token]
 	delete(q.pending, token)
+	for _, m := range msgs {
+		q.sent[token+"/"+m.Topic] = true
+	}
 	return msgs
 }
 
-// ServeAppTo makes the server deploy the app folder dir to every client
-// that polls its admin channel, and start it there, as NVFlare's admin
-// deploy_app and start_app do.
+// send queues m for each token; each returned channel gets its reply.
+func (q *adminQueue) send(tokens []string, m *admin.Message) map[string]chan *admin.Message {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.init()
+	out := map[string]chan *admin.Message{}
+	for _, tok := range tokens {
+		ch := make(chan *admin.Message, 1)
+		q.waiters[tok+"/"+m.Id] = ch
+		q.pending[tok] = append(q.pending[tok], m)
+		delete(q.sent, tok+"/"+m.Topic)
+		out[tok] = ch
+	}
+	return out
+}
+
+// cancel forgets the requests and waiters of a finished send.
+func (q *adminQueue) cancel(tokens []string, m *admin.Message) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, tok := range tokens {
+		delete(q.waiters, tok+"/"+m.Id)
+		msgs := q.pending[tok][:0]
+		for _, p := range q.pending[tok] {
+			if p != m {
+				msgs = append(msgs, p)
+			}
+		}
+		q.pending[tok] = msgs
+	}
+}
+
+func (q *adminQueue) reply(token string, m *admin.Message) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	key := token + "/" + m.Headers["_refMsgId"]
+	if ch, ok := q.waiters[key]; ok {
+		delete(q.waiters, key)
+		ch <- m
+	}
+}
+
+// shutdownPolled queues a shutdown for every client that polls the
+// channel (a one-job server's clients, when the job is done).
+func (q *adminQueue) shutdownPolled(run string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.init()
+	for tok := range q.polled {
+		q.pending[tok] = append(q.pending[tok], newAdminMessage(TopicShutdown, run, nil))
+	}
+}
+
+// delivered says whether the client polls the admin channel, and if it
+// fetched a request of this topic.
+func (q *adminQueue) delivered(token, topic string) (polls, fetched bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.polled[token], q.sent[token+"/"+topic]
+}
+
+// ServeAppTo makes a one-job server deploy the app folder dir to every
+// client that polls its admin channel, and start it there, as NVFlare's
+// admin deploy_app and start_app do; when the job is done those clients
+// are told to shut down.
 func (s *Server) ServeAppTo(dir, name string) error {
 	app, err := ZipApp(dir)
 	if err != nil {
@@ -187,9 +278,8 @@ func (s *Server) ServeAppTo(dir, name string) error {
 	}
 	s.admin.mu.Lock()
 	defer s.admin.mu.Unlock()
+	s.admin.init()
 	s.admin.app, s.admin.appName = app, name
-	s.admin.pending = map[string][]*admin.Message{}
-	s.admin.seen = map[string]bool{}
 	return nil
 }
 
@@ -204,8 +294,8 @@ type AdminHandler struct {
 
 // RunAdmin works like NVFlare 2.0's client: it registers, polls the admin
 // channel about once a second, accepts the run number, the app and the
-// start request, then runs the tasks until the run ends or the server says
-// shutdown.
+// start request, and runs the tasks until the run ends; then it waits for
+// the next app, until the server says shutdown.
 func (c *Client) RunAdmin(ctx context.Context, h AdminHandler) error {
 	if err := c.connect(); err != nil {
 		return err
@@ -242,11 +332,19 @@ func (c *Client) RunAdmin(ctx context.Context, h AdminHandler) error {
 		}
 		select {
 		case err := <-st.workDone:
-			if st.aborted {
-				st.aborted, st.started = false, false
-				continue
+			// Like NVFlare's client, stay for the next deploy and start
+			// until the server says shutdown.
+			st.started, st.ran = false, true
+			switch {
+			case st.aborted:
+				st.aborted = false
+				c.logf("client %s: app aborted", c.Name)
+			case err != nil:
+				st.lastErr = err
+				c.logf("client %s: run %s failed: %v", c.Name, st.run, err)
+			default:
+				c.logf("client %s: run %s done; waiting for the next app", c.Name, st.run)
 			}
-			return err
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(time.Second):
@@ -261,6 +359,8 @@ type adminState struct {
 	aborted     bool
 	stopWork    context.CancelFunc
 	workDone    chan error
+	lastErr     error
+	ran         bool // a run has ended since the last start
 }
 
 func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, st *adminState, h AdminHandler) (string, []byte, bool, error) {
@@ -283,6 +383,9 @@ func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, st *adminSta
 		if err := UnzipApp(m.Body, dir); err != nil {
 			return "", nil, false, err
 		}
+		if err := os.WriteFile(filepath.Join(filepath.Dir(dir), "fl_app.txt"), []byte(name), 0o600); err != nil {
+			return "", nil, false, err
+		}
 		*appDir = dir
 		c.logf("client %s: deployed app %s to %s", c.Name, name, dir)
 		return "str", []byte("OK"), false, nil
@@ -298,20 +401,26 @@ func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, st *adminSta
 			return "", nil, false, err
 		}
 		c.Tasks = tasks
-		*started = true
+		*started, st.lastErr, st.ran = true, nil, false
 		workCtx, stop := context.WithCancel(ctx)
 		st.stopWork = stop
 		go func() { st.workDone <- c.work(workCtx) }()
 		return "str", []byte("Start the client app..."), false, nil
 	case TopicCheckStatus:
 		// NVFlare's server reads a JSON object (ClientStatusKey).
+		// NVFlare's client status words; the app is the run's fl_app.txt.
 		status := "not started"
-		if *started {
+		switch {
+		case *started:
 			status = "started"
+		case st.lastErr != nil:
+			status = "exception"
+		case st.ran:
+			status = "stopped"
 		}
-		app := ""
-		if *appDir != "" {
-			app = strings.TrimPrefix(filepath.Base(*appDir), "app_")
+		app := "?"
+		if b, err := os.ReadFile(filepath.Join(h.Workspace, "run_"+*run, "fl_app.txt")); err == nil {
+			app = strings.TrimSpace(string(b))
 		}
 		b, err := json.Marshal(map[string]string{"app_name": app, "run_number": *run, "status": status})
 		return "str", b, false, err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -30,6 +31,10 @@ const MaxMessageBytes = math.MaxInt32
 // the full-model shareable generator and the NUM_STEPS-weighted in-time
 // aggregator, storing each global model through a ModelPersistor. It serves
 // fedlearn.FederatedTraining and admin.AdminCommunicating on one listener.
+//
+// A server from NewServer runs its one job and stops; one from
+// NewAdminServer waits for an operator's admin console (Console) to
+// upload, deploy and start apps, one run after another, until shutdown.
 type Server struct {
 	fedlearn.UnimplementedFederatedTrainingServer
 	admin.UnimplementedAdminCommunicatingServer
@@ -39,16 +44,37 @@ type Server struct {
 	Logf             func(format string, args ...any)
 	// ServerOptions are added to the gRPC server's (e.g. TLS credentials).
 	ServerOptions []grpc.ServerOption
-	// EndGrace is how long Serve waits, after the last round, for live
-	// clients to fetch __end_run__ (default 10 s).
+	// EndGrace is how long a one-job server waits, after the last round,
+	// for live clients to fetch __end_run__ (default 10 s).
 	EndGrace time.Duration
 
-	sag     *ScatterAndGatherArgs
-	persist ModelPersistor
+	mu        sync.Mutex
+	changed   chan struct{} // closed and replaced on every state change
+	clients   map[string]*clientEntry
+	run       *runState // the current or last run; nil before the first
+	runNumber int       // set by the admin's set_run_number; -1 before
+	oneJob    bool
+	ctx       context.Context
+	grpc      *grpc.Server
+	cancel    context.CancelFunc
+	uploads   uploadGate
+	admin     adminQueue
+	console   consoleState
+}
 
-	mu          sync.Mutex
-	changed     chan struct{} // closed and replaced on every state change
-	clients     map[string]*clientEntry
+type clientEntry struct {
+	name     string
+	token    string
+	lastSeen time.Time
+}
+
+// runState is one run of a server app: the workflow's progress.
+type runState struct {
+	number      int
+	app         string
+	sag         *ScatterAndGatherArgs
+	persist     ModelPersistor
+	status      string // starting, started, stopped
 	round       int
 	taskID      string
 	taskData    []byte
@@ -56,20 +82,18 @@ type Server struct {
 	contributed map[string]bool
 	finished    bool
 	ended       map[string]bool // clients told __end_run__
-	grpc        *grpc.Server
 	cancel      context.CancelFunc
-	uploads     uploadGate
-	admin       adminQueue
+	err         error
 }
 
-type clientEntry struct {
-	name     string
-	lastSeen time.Time
-}
+// Machine states as NVFlare's check_status shows them.
+const (
+	statusStarting = "starting"
+	statusStarted  = "started"
+	statusStopped  = "stopped"
+)
 
-// NewServer makes a server for the job's config_fed_server.json, building
-// its persistor through reg.
-func NewServer(cfg *ServerConfig, reg *Registry) (*Server, error) {
+func newRun(cfg *ServerConfig, reg *Registry, number int, app string) (*runState, error) {
 	sag, err := cfg.ScatterAndGather()
 	if err != nil {
 		return nil, err
@@ -78,12 +102,33 @@ func NewServer(cfg *ServerConfig, reg *Registry) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	hb := time.Duration(cfg.Server.HeartBeatTimeout * float64(time.Second))
-	if hb <= 0 {
-		hb = 600 * time.Second
+	return &runState{number: number, app: app, sag: sag, persist: p, status: statusStarting, ended: map[string]bool{}}, nil
+}
+
+func heartBeat(cfg *ServerConfig) time.Duration {
+	if cfg != nil && cfg.Server.HeartBeatTimeout > 0 {
+		return time.Duration(cfg.Server.HeartBeatTimeout * float64(time.Second))
 	}
-	return &Server{Project: "example_project", HeartBeatTimeout: hb, sag: sag, persist: p, uploads: newUploadGate(4),
-		changed: make(chan struct{}), clients: map[string]*clientEntry{}, ended: map[string]bool{}}, nil
+	return 600 * time.Second
+}
+
+// NewServer makes a server that runs the job of config_fed_server.json
+// once (run number 1), building its persistor through reg.
+func NewServer(cfg *ServerConfig, reg *Registry) (*Server, error) {
+	r, err := newRun(cfg, reg, 1, "")
+	if err != nil {
+		return nil, err
+	}
+	s := NewAdminServer()
+	s.HeartBeatTimeout, s.run, s.runNumber, s.oneJob = heartBeat(cfg), r, 1, true
+	return s, nil
+}
+
+// NewAdminServer makes a server without an app: its Console deploys and
+// starts them.
+func NewAdminServer() *Server {
+	return &Server{Project: "example_project", HeartBeatTimeout: 600 * time.Second, uploads: newUploadGate(4),
+		changed: make(chan struct{}), clients: map[string]*clientEntry{}, runNumber: -1}
 }
 
 func (s *Server) logf(format string, args ...any) {
@@ -98,8 +143,9 @@ func (s *Server) notify() {
 	s.changed = make(chan struct{})
 }
 
-// Serve runs the workflow and answers clients on lis until every round is
-// done and every live client was told the run ended (or ctx is cancelled).
+// Serve answers clients on lis. A one-job server returns once every round
+// is done and every live client was told the run ended; an admin server
+// when its console shuts it down. Both stop when ctx is cancelled.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -108,17 +154,32 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	fedlearn.RegisterFederatedTrainingServer(gs, s)
 	admin.RegisterAdminCommunicatingServer(gs, s)
 	s.mu.Lock()
-	s.grpc, s.cancel = gs, cancel
+	s.grpc, s.cancel, s.ctx = gs, cancel, ctx
+	r, oneJob := s.run, s.oneJob
 	s.mu.Unlock()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- gs.Serve(lis) }()
-	err := s.workflow(ctx)
-	if err == nil {
-		grace := s.EndGrace
-		if grace == 0 {
-			grace = 10 * time.Second
+	var err error
+	if oneJob {
+		r.status = statusStarted
+		err = s.workflow(ctx, r)
+		if err == nil {
+			grace := s.EndGrace
+			if grace == 0 {
+				grace = 10 * time.Second
+			}
+			err = s.waitEnded(ctx, r, grace)
 		}
-		err = s.waitEnded(ctx, grace)
+	} else {
+		<-ctx.Done()
+		s.mu.Lock()
+		if s.run != nil && s.run.cancel != nil {
+			s.run.cancel()
+		}
+		if !s.console.shutdown {
+			err = ctx.Err()
+		}
+		s.mu.Unlock()
 	}
 	gs.GracefulStop()
 	if e := <-serveErr; err == nil && e != nil && !errors.Is(e, grpc.ErrServerStopped) {
@@ -140,19 +201,26 @@ func (s *Server) Stop() {
 	}
 }
 
-func (s *Server) workflow(ctx context.Context) error {
-	ck, err := s.persist.Load()
+func (s *Server) workflow(ctx context.Context, run *runState) (err error) {
+	defer func() {
+		s.mu.Lock()
+		run.finished, run.status, run.acc, run.err = true, statusStopped, nil, err
+		s.notify()
+		s.mu.Unlock()
+	}()
+	ck, err := run.persist.Load()
 	if err != nil {
 		return err
 	}
 	global := ck.Model
-	for r := s.sag.StartRound; r < s.sag.NumRounds; r++ {
+	sag := run.sag
+	for r := sag.StartRound; r < sag.NumRounds; r++ {
 		start := time.Now()
-		if err := s.startRound(r, global); err != nil {
+		if err := s.startRound(run, r, global); err != nil {
 			return err
 		}
-		s.logf("round %d/%d started: task %s to %d client(s)", r+1, s.sag.NumRounds, s.sag.TrainTaskName, s.liveClients())
-		acc, n, err := s.gather(ctx, r)
+		s.logf("round %d/%d started: task %s to %d client(s)", r+1, sag.NumRounds, sag.TrainTaskName, s.liveClients())
+		acc, n, err := s.gather(ctx, run, r)
 		if err != nil {
 			return err
 		}
@@ -160,25 +228,21 @@ func (s *Server) workflow(ctx context.Context) error {
 			return err
 		}
 		ck.Model = global
-		if err := s.persist.Save(ck); err != nil {
+		if err := run.persist.Save(ck); err != nil {
 			return fmt.Errorf("round %d: saving the global model: %w", r, err)
 		}
-		s.logf("round %d/%d done: aggregated %d result(s) (%.0f steps) in %.2f s; global model saved", r+1, s.sag.NumRounds, n, acc.total, time.Since(start).Seconds())
+		s.logf("round %d/%d done: aggregated %d result(s) (%.0f steps) in %.2f s; global model saved", r+1, sag.NumRounds, n, acc.total, time.Since(start).Seconds())
 	}
-	s.mu.Lock()
-	s.finished = true
-	s.notify()
-	s.mu.Unlock()
 	return nil
 }
 
-func (s *Server) startRound(r int, global *persistor.StateDict) error {
+func (s *Server) startRound(run *runState, r int, global *persistor.StateDict) error {
 	taskID := newUUID()
 	sh := NewShareable()
-	sh.SetHeader(HeaderTaskName, s.sag.TrainTaskName)
+	sh.SetHeader(HeaderTaskName, run.sag.TrainTaskName)
 	sh.SetHeader(HeaderTaskID, taskID)
 	sh.SetHeader(HeaderCurrentRound, int64(r))
-	sh.SetHeader(HeaderNumRounds, int64(s.sag.NumRounds))
+	sh.SetHeader(HeaderNumRounds, int64(run.sag.NumRounds))
 	sh.SetHeader(HeaderCookieJar, &pickle.Dict{Items: []pickle.Item{
 		{Key: HeaderWorkflow, Value: "scatter_and_gather"}, {Key: HeaderTaskID, Value: taskID}, {Key: "contribution_round", Value: int64(r)}}})
 	sh.SetHeader(HeaderContentType, "DXO")
@@ -192,8 +256,8 @@ func (s *Server) startRound(r int, global *persistor.StateDict) error {
 		return err
 	}
 	s.mu.Lock()
-	s.round, s.taskID, s.taskData, s.acc = r, taskID, data, acc
-	s.contributed = map[string]bool{}
+	run.round, run.taskID, run.taskData, run.acc = r, taskID, data, acc
+	run.contributed = map[string]bool{}
 	s.notify()
 	s.mu.Unlock()
 	return nil
@@ -201,35 +265,36 @@ func (s *Server) startRound(r int, global *persistor.StateDict) error {
 
 // gather waits for min_clients results, then up to
 // wait_time_after_min_received more or until every live client answered.
-func (s *Server) gather(ctx context.Context, r int) (*accumulator, int, error) {
-	wait := time.Duration(s.sag.WaitTimeAfterMinReceived * float64(time.Second))
+func (s *Server) gather(ctx context.Context, run *runState, r int) (*accumulator, int, error) {
+	sag := run.sag
+	wait := time.Duration(sag.WaitTimeAfterMinReceived * float64(time.Second))
 	var minAt time.Time
 	started := time.Now()
 	lastLog := started
 	for {
 		s.mu.Lock()
 		s.dropDead()
-		n, live := len(s.contributed), len(s.clients)
+		n, live := len(run.contributed), len(s.clients)
 		allIn := n > 0 && n >= live
 		ch := s.changed
-		acc := s.acc
+		acc := run.acc
 		s.mu.Unlock()
-		if n >= s.sag.MinClients {
+		if n >= sag.MinClients {
 			if minAt.IsZero() {
 				minAt = time.Now()
 			}
 			if allIn || time.Since(minAt) >= wait {
 				s.mu.Lock()
-				s.acc = nil // late results for this round are refused
+				run.acc = nil // late results for this round are refused
 				s.mu.Unlock()
 				return acc, n, nil
 			}
 		}
-		if s.sag.TrainTimeout > 0 && time.Since(started) > time.Duration(s.sag.TrainTimeout*float64(time.Second)) {
-			return nil, 0, fmt.Errorf("round %d: %d of min_clients %d results within train_timeout %.0f s", r, n, s.sag.MinClients, s.sag.TrainTimeout)
+		if sag.TrainTimeout > 0 && time.Since(started) > time.Duration(sag.TrainTimeout*float64(time.Second)) {
+			return nil, 0, fmt.Errorf("round %d: %d of min_clients %d results within train_timeout %.0f s", r, n, sag.MinClients, sag.TrainTimeout)
 		}
 		if time.Since(lastLog) > 30*time.Second {
-			s.logf("round %d: waiting: %d of %d results needed, %d live client(s)", r+1, n, s.sag.MinClients, live)
+			s.logf("round %d: waiting: %d of %d results needed, %d live client(s)", r+1, n, sag.MinClients, live)
 			lastLog = time.Now()
 		}
 		timer := time.NewTimer(250 * time.Millisecond)
@@ -261,13 +326,16 @@ func (s *Server) liveClients() int {
 	return len(s.clients)
 }
 
-func (s *Server) waitEnded(ctx context.Context, grace time.Duration) error {
+// waitEnded waits until every live client fetched __end_run__ or, if it
+// polls the admin channel, was told to shut down.
+func (s *Server) waitEnded(ctx context.Context, run *runState, grace time.Duration) error {
+	s.admin.shutdownPolled(s.runNumberString())
 	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
 		s.mu.Lock()
 		all := true
-		for _, c := range s.clients {
-			if !s.ended[c.name] {
+		for tok, c := range s.clients {
+			if polls, told := s.admin.delivered(tok, TopicShutdown); (polls && !told) || (!polls && !run.ended[c.name]) {
 				all = false
 			}
 		}
@@ -294,10 +362,21 @@ func newUUID() string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
+// runNumberString is the run number as the admin channel sends it.
+func (s *Server) runNumberString() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return strconv.Itoa(s.runNumber)
+}
+
 func (s *Server) meta() *fedlearn.MetaData {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return &fedlearn.MetaData{Project: &fedlearn.MetaData_Project{Name: s.Project}, CurrentRound: int64(s.round), NumRounds: int64(s.sag.NumRounds), RunNumber: 1}
+	m := &fedlearn.MetaData{Project: &fedlearn.MetaData_Project{Name: s.Project}, RunNumber: int64(max(s.runNumber, 0))}
+	if s.run != nil {
+		m.CurrentRound, m.NumRounds, m.RunNumber = int64(s.run.round), int64(s.run.sag.NumRounds), int64(s.run.number)
+	}
+	return m
 }
 
 // Register logs a client in and gives it a token.
@@ -321,7 +400,7 @@ func (s *Server) Register(ctx context.Context, req *fedlearn.ClientLogin) (*fedl
 			delete(s.clients, t) // a restarted client takes a new token
 		}
 	}
-	s.clients[tok] = &clientEntry{name: req.ClientName, lastSeen: time.Now()}
+	s.clients[tok] = &clientEntry{name: req.ClientName, token: tok, lastSeen: time.Now()}
 	s.notify()
 	s.mu.Unlock()
 	s.logf("client %s registered", req.ClientName)
@@ -383,28 +462,39 @@ func (s *Server) special(task string, wait float64) (*fedlearn.CurrentTask, erro
 
 // flContext is the server's public FLContext as it travels with tasks.
 func (s *Server) flContext() ([]byte, error) {
-	return EncodeFLContext(&FLContext{Props: []Prop{{"__run_num__", int64(1), 1}, {"__identity_name__", s.Project, 1}}})
+	m := s.meta()
+	return EncodeFLContext(&FLContext{Props: []Prop{{"__run_num__", m.RunNumber, 1}, {"__identity_name__", s.Project, 1}}})
 }
 
 // GetTask hands out the round's training task, __try_again__ while there
-// is none for this client, and __end_run__ when the run is over.
+// is none for this client, and __end_run__ once when the run is over.
 func (s *Server) GetTask(ctx context.Context, req *fedlearn.ClientState) (*fedlearn.CurrentTask, error) {
 	c, err := s.client(req.Token)
 	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
-	if s.finished {
-		s.ended[c.name] = true
-		s.notify()
-		s.mu.Unlock()
-		return s.special(TaskEndRun, 0)
-	}
-	if s.acc == nil || s.contributed[c.name] {
+	run := s.run
+	if run == nil {
 		s.mu.Unlock()
 		return s.special(TaskTryAgain, tryAgainWait)
 	}
-	data, round, task := s.taskData, s.round, s.sag.TrainTaskName
+	if run.finished {
+		told := run.ended[c.name]
+		run.ended[c.name] = true
+		s.notify()
+		s.mu.Unlock()
+		if told && !s.oneJob {
+			// Its app has ended; it waits for the next deploy and start.
+			return s.special(TaskTryAgain, tryAgainWait)
+		}
+		return s.special(TaskEndRun, 0)
+	}
+	if run.acc == nil || run.contributed[c.name] {
+		s.mu.Unlock()
+		return s.special(TaskTryAgain, tryAgainWait)
+	}
+	data, round, task := run.taskData, run.round, run.sag.TrainTaskName
 	s.mu.Unlock()
 	ctxData, err := s.flContext()
 	if err != nil {
@@ -458,34 +548,46 @@ func (s *Server) SubmitUpdate(ctx context.Context, req *fedlearn.Contribution) (
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.acc == nil || tid != s.taskID || cr != int64(s.round) {
+	run := s.run
+	if run == nil || run.acc == nil || tid != run.taskID || cr != int64(run.round) {
 		s.logf("client %s: late or stale result ignored", c.name)
 		return &fedlearn.FederatedSummary{Comment: "late result ignored"}, nil
 	}
-	if s.contributed[c.name] {
+	if run.contributed[c.name] {
 		return &fedlearn.FederatedSummary{Comment: "duplicate result ignored"}, nil
 	}
-	if err := s.acc.add(sh.DXO, float64(steps)); err != nil {
+	if err := run.acc.add(sh.DXO, float64(steps)); err != nil {
 		s.logf("client %s: rejected result: %v", c.name, err)
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	s.contributed[c.name] = true
+	run.contributed[c.name] = true
 	s.notify()
-	s.logf("client %s: result for round %d accepted (%d steps)", c.name, s.round+1, steps)
+	s.logf("client %s: result for round %d accepted (%d steps)", c.name, run.round+1, steps)
 	return &fedlearn.FederatedSummary{Comment: "Received"}, nil
 }
 
 // Retrieve answers the admin channel's poll (the client names itself by
-// its token, as NVFlare's does): with ServeAppTo, a new client is sent the
-// run number, the app and the start request.
+// its token, as NVFlare's does) with the requests queued for it.
 func (s *Server) Retrieve(ctx context.Context, req *admin.Client) (*admin.Messages, error) {
 	if _, err := s.client(req.ClientName); err != nil {
 		return nil, err
 	}
-	return &admin.Messages{Message: s.admin.forClient(req.ClientName)}, nil
+	msgs := s.admin.forClient(req.ClientName, s.runNumberString())
+	if len(msgs) > 0 {
+		s.mu.Lock()
+		s.notify()
+		s.mu.Unlock()
+	}
+	return &admin.Messages{Message: msgs}, nil
 }
 
-// SendReply accepts a client's admin reply.
+// SendReply accepts a client's reply to an admin request.
 func (s *Server) SendReply(ctx context.Context, req *admin.Reply) (*admin.Empty, error) {
+	if _, err := s.client(req.ClientName); err != nil {
+		return nil, err
+	}
+	if req.Message != nil {
+		s.admin.reply(req.ClientName, req.Message)
+	}
 	return &admin.Empty{}, nil
 }

@@ -82,17 +82,11 @@ func (k *StartupKit) pool(name string) (*x509.CertPool, error) {
 // its certificate, and client certificates required and checked against
 // the root CA.
 func (k *StartupKit) ServerCredentials() (grpc.ServerOption, error) {
-	s := k.Servers[0]
-	cert, err := tls.LoadX509KeyPair(k.file(s.SSLCert), k.file(s.SSLPrivateKey))
-	if err != nil {
-		return nil, fmt.Errorf("server certificate: %w", err)
-	}
-	pool, err := k.pool(s.SSLRootCert)
+	cfg, err := k.AdminTLS()
 	if err != nil {
 		return nil, err
 	}
-	return grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool,
-		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12})), nil
+	return grpc.Creds(credentials.NewTLS(cfg)), nil
 }
 
 // ClientCredentials are a client's mutual-TLS credentials.
@@ -106,4 +100,20 @@ func (k *StartupKit) ClientCredentials() (grpc.DialOption, error) {
 		return nil, err
 	}
 	return grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12})), nil
+}
+
+// AdminTLS is the server's TLS configuration in secure mode, for the FL
+// services and the admin console: its certificate, and client
+// certificates from the root CA required.
+func (k *StartupKit) AdminTLS() (*tls.Config, error) {
+	s := k.Servers[0]
+	cert, err := tls.LoadX509KeyPair(k.file(s.SSLCert), k.file(s.SSLPrivateKey))
+	if err != nil {
+		return nil, fmt.Errorf("server certificate: %w", err)
+	}
+	pool, err := k.pool(s.SSLRootCert)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}, nil
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/flarego/flarego/flare"
+	"github.com/flarego/flarego/flare/hci"
 	"github.com/flarego/flarego/model"
 	"github.com/flarego/flarego/persistor"
 	"github.com/flarego/flarego/persistor/pickle"
@@ -316,7 +317,7 @@ func (c *command) nvflareFlags(name string, args []string, loc *persistor.Locati
 	fs.StringVar(&loc.Output, "output", loc.Output, "FCP output directory")
 	ws := fs.String("m", ".", "workspace (the startup kit is WORKSPACE/startup/FILE)")
 	file := fs.String("s", "fed_"+name+".json", "startup kit file")
-	fs.StringVar(&job, "job", "", "the app folder (config/ and custom/); a client without it waits for the server to deploy one")
+	fs.StringVar(&job, "job", "", "the app folder (config/ and custom/) to run once; without it the "+name+" waits for the admin console to deploy apps")
 	keyFile := fs.String("key-file", "", "key file (default: the FCP secret_run_params.json)")
 	var setList stringList
 	fs.Var(&setList, "set", "key=value (secure_train, uid, config_folder; others are workflow arguments)")
@@ -334,9 +335,6 @@ func (c *command) nvflareFlags(name string, args []string, loc *persistor.Locati
 		}
 		sets[k] = v
 	}
-	if job == "" && name == "server" {
-		return nil, nil, "", nil, fmt.Errorf("%w: --job APP_DIR is required", errUsage)
-	}
 	path := *file
 	if !filepath.IsAbs(path) {
 		path = filepath.Join(*ws, "startup", path)
@@ -352,39 +350,58 @@ func (c *command) nvflareFlags(name string, args []string, loc *persistor.Locati
 	return kit, sets, job, key, err
 }
 
-// server runs the job's FL server from a startup kit (NVFlare's server_train).
+// server runs the FL server from a startup kit (NVFlare's server_train):
+// with --job, that app once; without, apps the admin console deploys.
+// The admin console listens on the kit's admin_port.
 func (c *command) server(args []string) error {
 	loc := persistor.DefaultLocations()
 	kit, sets, jobDir, k, err := c.nvflareFlags("server", args, &loc)
 	if err != nil {
 		return err
 	}
-	job, err := flare.LoadJob(jobDir)
-	if err != nil {
-		return err
-	}
-	if job.Server == nil {
-		return fmt.Errorf("%s: no config/config_fed_server.json", jobDir)
-	}
 	var wf []string
 	for k, v := range sets {
 		wf = append(wf, k+"="+v)
 	}
-	if err := applySets(job.Server, wf); err != nil {
-		return err
-	}
 	logf := func(format string, a ...any) { fmt.Fprintf(c.stderr, format+"\n", a...) }
-	srv, err := flare.NewServer(job.Server, registry(jobDir, k, loc.Input, loc.Output, logf))
-	if err != nil {
-		return err
+	// build makes the server side of an app folder.
+	build := func(dir string) (*flare.ServerConfig, *flare.Registry, error) {
+		job, err := flare.LoadJob(dir)
+		if err != nil {
+			return nil, nil, err
+		}
+		if job.Server == nil {
+			return nil, nil, fmt.Errorf("%s: no config/config_fed_server.json", dir)
+		}
+		if err := applySets(job.Server, wf); err != nil {
+			return nil, nil, err
+		}
+		return job.Server, registry(dir, k, loc.Input, loc.Output, logf), nil
+	}
+	var srv *flare.Server
+	if jobDir != "" {
+		cfg, reg, err := build(jobDir)
+		if err != nil {
+			return err
+		}
+		if srv, err = flare.NewServer(cfg, reg); err != nil {
+			return err
+		}
+		// Clients that poll the admin channel (NVFlare's, or ours without
+		// --job) get the app deployed and started, as NVFlare's admin
+		// deploy_app and start_app do.
+		if err := srv.ServeAppTo(jobDir, filepath.Base(filepath.Clean(jobDir))); err != nil {
+			return err
+		}
+	} else {
+		srv = flare.NewAdminServer()
+		if hb := kit.Servers[0].HeartBeatTimeout; hb > 0 {
+			srv.HeartBeatTimeout = time.Duration(hb * float64(time.Second))
+		}
 	}
 	srv.Logf, srv.Project = logf, kit.Project()
-	// Clients that poll the admin channel (NVFlare's, or ours without --job)
-	// get the app deployed and started, as NVFlare's admin deploy/start does.
-	if err := srv.ServeAppTo(jobDir, filepath.Base(filepath.Clean(jobDir))); err != nil {
-		return err
-	}
-	if sets["secure_train"] == "true" {
+	secure := sets["secure_train"] == "true"
+	if secure {
 		opt, err := kit.ServerCredentials()
 		if err != nil {
 			return err
@@ -395,7 +412,35 @@ func (c *command) server(args []string) error {
 	if err != nil {
 		return err
 	}
-	logf("server: listening on %s (secure_train=%v)", lis.Addr(), sets["secure_train"] == "true")
+	logf("server: listening on %s (secure_train=%v)", lis.Addr(), secure)
+	if port := kit.Servers[0].AdminPort; port > 0 {
+		console := srv.Console(filepath.Dir(kit.Dir), build)
+		if secure {
+			if console.TLS, err = kit.AdminTLS(); err != nil {
+				return err
+			}
+		} else {
+			// NVFlare's POC user; secure mode admits certificates only.
+			h, err := hci.HashPassword("admin")
+			if err != nil {
+				return err
+			}
+			console.Users = map[string]string{"admin": h}
+		}
+		host := kit.Servers[0].AdminHost
+		if host == "" {
+			host = "localhost"
+		}
+		alis, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		if err != nil {
+			return fmt.Errorf("admin console: %w", err)
+		}
+		logf("server: admin console on %s (%s)", alis.Addr(), map[bool]string{true: "client certificates", false: "POC login admin/admin"}[secure])
+		go console.Serve(alis)
+		defer console.Close()
+	} else if jobDir == "" {
+		return fmt.Errorf("%w: without --job the server needs an admin_port in %s to be told what to run", errUsage, filepath.Join(kit.Dir, "fed_server.json"))
+	}
 	ctx, stop := interruptible()
 	defer stop()
 	return srv.Serve(ctx, lis)

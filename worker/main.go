@@ -29,9 +29,13 @@ The model:
   samples DIR                     writes synthetic chest X-rays in the FCP input layout
 
 Federated learning (NVFlare 2.0 wire protocol):
-  server -m WS -s fed_server.json --job APP [--set k=v]   the FL server (NVFlare's server_train flags)
+  server -m WS -s fed_server.json [--job APP] [--set k=v]   the FL server (NVFlare's server_train flags);
+                                  without --job it runs the apps its admin console deploys
   client -m WS -s fed_client.json --set uid=SITE [--job APP]   a site (NVFlare's client_train flags);
                                   without --job it waits for the server to deploy the app
+  admin [--host H --port P] CMD   the operator's console (NVFlare's fl_admin.sh): upload_app APP,
+                                  set_run_number N, deploy_app APP all, start_app all, wait_run,
+                                  check_status server|client, abort, shutdown all
   simulate JOB_DIR -n N [--data DIR]   the job's server and N clients in one process over loopback gRPC
 
 Measurements:
@@ -73,6 +77,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"simulate": c.simulate,
 		"server":   c.server,
 		"client":   c.client,
+		"admin":    c.admin,
 	}
 	name := args[0]
 	if name == "-h" || name == "--help" || name == "help" {

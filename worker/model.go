@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"syscall"
 	"path/filepath"
 	"strings"
 	"time"
@@ -58,7 +59,7 @@ func (m *modelFlags) keyAndSpec() (*persistor.Key, *model.Spec, error) {
 
 // interruptible returns a context cancelled by Ctrl-C / SIGTERM.
 func interruptible() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt)
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 }
 
 func (c *command) train(args []string) error {

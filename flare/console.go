@@ -1,0 +1,581 @@
+package flare
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/flarego/flarego/flare/hci"
+	"github.com/flarego/flarego/proto/admin"
+)
+
+// consoleState is what the admin console has set up on a Server.
+type consoleState struct {
+	workspace string
+	build     func(appDir string) (*ServerConfig, *Registry, error)
+	timeout   time.Duration // how long to wait for clients' replies
+	shutdown  bool
+}
+
+// UploadDir is where uploaded apps are staged (NVFlare's admin_storage).
+func (s *Server) uploadDir() string { return filepath.Join(s.console.workspace, "transfer") }
+
+func (s *Server) runDir(n int) string {
+	return filepath.Join(s.console.workspace, "run_"+strconv.Itoa(n))
+}
+
+// Console makes the server's admin console, NVFlare 2.0's operator
+// commands over its hci protocol: upload_app (file_transfer._upload_folder),
+// set_run_number, deploy_app, start_app, check_status, abort, shutdown,
+// remove_client and set_timeout. Apps are staged in WORKSPACE/transfer and
+// deployed to WORKSPACE/run_N/app_server; build makes the server side of a
+// deployed app. Serve the returned hci.Server on the admin port.
+func (s *Server) Console(workspace string, build func(appDir string) (*ServerConfig, *Registry, error)) *hci.Server {
+	s.console.workspace, s.console.build, s.console.timeout = workspace, build, 10*time.Second
+	cmd := func(name, usage, desc, confirm string, h func(*hci.Conn)) hci.Command {
+		return hci.Command{Scope: "training", Name: name, Usage: usage, Desc: desc, Confirm: confirm, Visible: true, Handler: h}
+	}
+	ft := func(name string, h func(*hci.Conn)) hci.Command {
+		return hci.Command{Scope: "file_transfer", Name: name, Handler: h}
+	}
+	return &hci.Server{
+		Logf:       s.Logf,
+		OnShutdown: s.consoleShutdown,
+		Commands: []hci.Command{
+			ft("_upload_folder", s.cmdUpload),
+			ft("_info", func(c *hci.Conn) {
+				c.String("Server Upload Destination: %s", s.uploadDir())
+				c.String("Server Download Source: %s", s.uploadDir())
+			}),
+			cmd("set_run_number", "set_run_number number", "set the run number", "", s.cmdSetRunNumber),
+			cmd("deploy_app", "deploy_app app server|client <client-name>|all", "deploy FL app to client/server", "", s.cmdDeploy),
+			cmd("start_app", "start_app server|client|all", "start the FL app", "", s.cmdStart),
+			cmd("check_status", "check_status server|client", "check status of the FL server/client", "", s.cmdCheckStatus),
+			cmd("abort", "abort server|client|all", "abort the FL app", "", s.cmdAbort),
+			cmd("shutdown", "shutdown server|client|all", "shutdown the FL server/client", "auth", s.cmdShutdown),
+			cmd("remove_client", "remove_client <client-name>", "remove a FL client", "auth", s.cmdRemoveClient),
+			cmd("set_timeout", "set_timeout seconds ", "set the admin commands timeout", "", s.cmdSetTimeout),
+		},
+	}
+}
+
+func (s *Server) consoleShutdown() {
+	s.mu.Lock()
+	s.console.shutdown = true
+	cancel := s.cancel
+	s.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// cmdUpload stages an app: NAME, then the base64 zip of NAME/... that
+// NVFlare's console makes of the folder.
+func (s *Server) cmdUpload(c *hci.Conn) {
+	if len(c.Args) != 3 {
+		c.Error("syntax error: require data")
+		return
+	}
+	name := c.Args[1]
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, `/\`) {
+		c.Error("bad app name %q", name)
+		return
+	}
+	data, err := base64.StdEncoding.DecodeString(c.Args[2])
+	if err != nil {
+		c.Error("app %s: data is not base64", name)
+		return
+	}
+	if err := os.MkdirAll(s.uploadDir(), 0o700); err != nil {
+		c.Error("%v", err)
+		return
+	}
+	tmp, err := os.MkdirTemp(s.uploadDir(), ".upload-")
+	if err != nil {
+		c.Error("%v", err)
+		return
+	}
+	defer os.RemoveAll(tmp)
+	if err := UnzipApp(data, tmp); err != nil {
+		c.Error("app %s: %v", name, err)
+		return
+	}
+	entries, err := os.ReadDir(tmp)
+	if err != nil || len(entries) != 1 || entries[0].Name() != name || !entries[0].IsDir() {
+		c.Error("app %s: the upload must hold exactly the folder %s", name, name)
+		return
+	}
+	dst := filepath.Join(s.uploadDir(), name)
+	if err := os.RemoveAll(dst); err != nil {
+		c.Error("%v", err)
+		return
+	}
+	if err := os.Rename(filepath.Join(tmp, name), dst); err != nil {
+		c.Error("%v", err)
+		return
+	}
+	c.String("Created folder %s", dst)
+	if plain := PlaintextCode(dst); len(plain) > 0 {
+		c.String("warning: app %s holds model code in plaintext, sent as is to every client: %s", name, strings.Join(plain, ", "))
+	}
+}
+
+func (s *Server) cmdSetRunNumber(c *hci.Conn) {
+	if len(c.Args) < 2 {
+		c.Error("syntax error: missing run number")
+		return
+	}
+	n, err := strconv.Atoi(c.Args[1])
+	if err != nil {
+		c.Error("run number must be an integer.")
+		return
+	}
+	if n < 1 {
+		c.Error("run number must be > 0.")
+		return
+	}
+	s.mu.Lock()
+	if s.running() {
+		s.mu.Unlock()
+		c.Error("run_number can not be changed during the FL app running.")
+		return
+	}
+	s.runNumber = n
+	s.mu.Unlock()
+	dir := s.runDir(n)
+	if _, err := os.Stat(dir); err == nil {
+		c.String("run number already exists. Set the FL run number to %d.", n)
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		c.Error("%v", err)
+		return
+	} else {
+		c.String("Created a new run folder: run_%d", n)
+	}
+	s.tableToClients(c, s.allClients(), newAdminMessage(TopicSetRunNumber, strconv.Itoa(n), nil))
+}
+
+// running says whether a server app is starting or started; s.mu held.
+func (s *Server) running() bool {
+	return s.run != nil && s.run.status != statusStopped
+}
+
+// target is a command's target: the server and/or clients.
+type target struct {
+	server  bool
+	clients []*clientEntry
+}
+
+// targets reads "server", "client [NAME ...]" or "all" as NVFlare does.
+func (s *Server) targets(args []string) (target, error) {
+	if len(args) < 1 {
+		return target{}, errors.New("missing target type (server or client)")
+	}
+	switch args[0] {
+	case "server":
+		return target{server: true}, nil
+	case "all":
+		return target{server: true, clients: s.allClients()}, nil
+	case "client":
+	default:
+		return target{}, fmt.Errorf("unknown target type %s", args[0])
+	}
+	all := s.allClients()
+	if len(args) == 1 {
+		if len(all) == 0 {
+			return target{}, errors.New("no clients available")
+		}
+		return target{clients: all}, nil
+	}
+	byName := map[string]*clientEntry{}
+	for _, c := range all {
+		byName[c.name] = c
+	}
+	var t target
+	var bad []string
+	for _, n := range args[1:] {
+		if c, ok := byName[n]; ok {
+			t.clients = append(t.clients, c)
+		} else {
+			bad = append(bad, n)
+		}
+	}
+	if len(bad) > 0 {
+		return target{}, fmt.Errorf("invalid client(s): %s", strings.Join(bad, " "))
+	}
+	return t, nil
+}
+
+// allClients are the registered clients, by name.
+func (s *Server) allClients() []*clientEntry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dropDead()
+	out := make([]*clientEntry, 0, len(s.clients))
+	for _, c := range s.clients {
+		cc := *c
+		out = append(out, &cc)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+// request sends m to the clients and waits up to the console's timeout
+// for their replies; a client that did not answer has a nil reply.
+func (s *Server) request(clients []*clientEntry, m *admin.Message) []*admin.Message {
+	tokens := make([]string, len(clients))
+	for i, c := range clients {
+		tokens[i] = c.token
+	}
+	chans := s.admin.send(tokens, m)
+	defer s.admin.cancel(tokens, m)
+	s.mu.Lock()
+	ctx, timeout := s.ctx, s.console.timeout
+	s.mu.Unlock()
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	out := make([]*admin.Message, len(clients))
+	for i, tok := range tokens {
+		select {
+		case r := <-chans[tok]:
+			out[i] = r
+		case <-deadline.C:
+			return out
+		case <-ctx.Done():
+			return out
+		}
+	}
+	return out
+}
+
+// tableToClients sends m and shows the replies as NVFlare does.
+func (s *Server) tableToClients(c *hci.Conn, clients []*clientEntry, m *admin.Message) {
+	if len(clients) == 0 {
+		return
+	}
+	replies := s.request(clients, m)
+	rows := make([][]string, len(clients))
+	for i, cl := range clients {
+		body := ""
+		if replies[i] != nil {
+			body = string(replies[i].Body)
+		} else {
+			body = "no reply within " + s.console.timeout.String()
+		}
+		rows[i] = []string{cl.name, body}
+	}
+	c.Table([]string{"Client", "Response"}, rows)
+}
+
+func (s *Server) cmdDeploy(c *hci.Conn) {
+	if len(c.Args) < 3 {
+		c.Error("syntax error: missing target")
+		return
+	}
+	s.mu.Lock()
+	run := s.runNumber
+	s.mu.Unlock()
+	if run < 0 {
+		c.Error("Please set a run number.")
+		return
+	}
+	t, err := s.targets(c.Args[2:])
+	if err != nil {
+		c.Error("%v", err)
+		return
+	}
+	name := c.Args[1]
+	src := filepath.Join(s.uploadDir(), name)
+	if strings.ContainsAny(name, `/\`) || name == ".." {
+		c.Error("bad app name %q", name)
+		return
+	}
+	if st, err := os.Stat(src); err != nil || !st.IsDir() {
+		c.Error("App %s does not exist. Please upload it first", name)
+		return
+	}
+	if t.server {
+		s.mu.Lock()
+		busy := s.running()
+		s.mu.Unlock()
+		if busy {
+			c.Error("the server app of run %d is running; abort it or wait for it to end", run)
+			return
+		}
+		dst := filepath.Join(s.runDir(run), "app_server")
+		app, err := ZipApp(src)
+		if err == nil {
+			if err = os.RemoveAll(dst); err == nil {
+				err = UnzipApp(app, dst)
+			}
+		}
+		if err == nil {
+			err = os.WriteFile(filepath.Join(s.runDir(run), "fl_app.txt"), []byte(name), 0o600)
+		}
+		if err != nil {
+			c.Error("deploying app %s to the server: %v", name, err)
+			return
+		}
+		c.String("deployed app %q to Server", name)
+	}
+	if len(t.clients) > 0 {
+		app, err := ZipApp(src)
+		if err != nil {
+			c.Error("app %s: %v", name, err)
+			return
+		}
+		if plain := PlaintextCode(src); len(plain) > 0 {
+			s.logf("warning: app %s sends model code in plaintext to every client: %s", name, strings.Join(plain, ", "))
+		}
+		s.tableToClients(c, t.clients, newAdminMessage(TopicDeploy, strconv.Itoa(run), app, "app_name", name))
+	}
+	c.Success("")
+}
+
+func (s *Server) cmdStart(c *hci.Conn) {
+	t, err := s.targets(c.Args[1:])
+	if err != nil {
+		c.Error("%v", err)
+		return
+	}
+	if t.server {
+		if err := s.startServerApp(); err != nil {
+			c.Error("%v", err)
+			return
+		}
+		c.String("Server app is starting....")
+	}
+	if len(t.clients) > 0 {
+		s.mu.Lock()
+		ready := s.running()
+		run := s.runNumber
+		s.mu.Unlock()
+		if !ready {
+			c.Error("Server app has not started.")
+			return
+		}
+		s.tableToClients(c, t.clients, newAdminMessage(TopicStart, strconv.Itoa(run), nil))
+	}
+	c.Success("")
+}
+
+// startServerApp starts the app deployed for the current run number.
+func (s *Server) startServerApp() error {
+	s.mu.Lock()
+	n, busy, ctx := s.runNumber, s.running(), s.ctx
+	s.mu.Unlock()
+	if n < 0 {
+		return errors.New("Please set a run number.")
+	}
+	if busy {
+		return errors.New("Server already starting or started.")
+	}
+	if ctx == nil {
+		return errors.New("the server is not serving")
+	}
+	dir := filepath.Join(s.runDir(n), "app_server")
+	if _, err := os.Stat(dir); err != nil {
+		return errors.New("Server app does not exist. Please deploy the server app before starting.")
+	}
+	if s.console.build == nil {
+		return errors.New("this server cannot start apps")
+	}
+	cfg, reg, err := s.console.build(dir)
+	if err != nil {
+		return fmt.Errorf("server app: %w", err)
+	}
+	name, _ := os.ReadFile(filepath.Join(s.runDir(n), "fl_app.txt"))
+	r, err := newRun(cfg, reg, n, string(name))
+	if err != nil {
+		return fmt.Errorf("server app: %w", err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	r.cancel, r.status = cancel, statusStarted
+	s.mu.Lock()
+	s.run = r
+	s.HeartBeatTimeout = heartBeat(cfg)
+	s.notify()
+	s.mu.Unlock()
+	go func() {
+		defer cancel()
+		s.logf("run %d: app %s started", n, r.app)
+		if err := s.workflow(runCtx, r); err != nil {
+			s.logf("run %d: app %s stopped: %v", n, r.app, err)
+			return
+		}
+		s.logf("run %d: app %s finished", n, r.app)
+	}()
+	return nil
+}
+
+func (s *Server) cmdCheckStatus(c *hci.Conn) {
+	if len(c.Args) < 2 {
+		c.Error("invalid target type . Usage: check_status server|client ...")
+		return
+	}
+	switch c.Args[1] {
+	case "server":
+		s.mu.Lock()
+		n, r := s.runNumber, s.run
+		app, status, round, rounds, rerr := "?", statusStopped, 0, 0, error(nil)
+		if r != nil {
+			app, status, rerr = r.app, r.status, r.err
+			round, rounds = r.round, r.sag.NumRounds
+		}
+		s.mu.Unlock()
+		c.String("FL_app name: %s", app)
+		c.String("Engine status: %s", status)
+		if n < 0 {
+			c.String("Run number has not been set.")
+		} else {
+			c.String("Current run number: %d", n)
+		}
+		if r != nil {
+			c.String("Current round: %d of %d", min(round+1, rounds), rounds)
+			if rerr != nil {
+				c.String("Last run ended with: %v", rerr)
+			}
+		}
+		clients := s.allClients()
+		c.String("Registered clients: %d ", len(clients))
+		if len(clients) > 0 {
+			rows := make([][]string, len(clients))
+			for i, cl := range clients {
+				rows[i] = []string{cl.name, cl.token, cl.lastSeen.Format(time.ANSIC)}
+			}
+			c.Table([]string{"Client", "Token", "Last Connect Time"}, rows)
+		}
+	case "client":
+		t, err := s.targets(c.Args[1:])
+		if err != nil {
+			c.Error("%v", err)
+			return
+		}
+		replies := s.request(t.clients, newAdminMessage(TopicCheckStatus, s.runNumberString(), nil))
+		rows := make([][]string, len(t.clients))
+		for i, cl := range t.clients {
+			rows[i] = []string{cl.name, "?", "?", "No Reply"}
+			if replies[i] != nil {
+				var st struct {
+					App    string `json:"app_name"`
+					Run    any    `json:"run_number"`
+					Status string `json:"status"`
+				}
+				if err := json.Unmarshal(replies[i].Body, &st); err == nil {
+					rows[i] = []string{cl.name, st.App, fmt.Sprint(st.Run), st.Status}
+				} else {
+					rows[i][3] = "?"
+				}
+			}
+		}
+		c.Table([]string{"client", "app_name", "run_number", "status"}, rows)
+	default:
+		c.Error("invalid target type %s. Usage: check_status server|client ...", c.Args[1])
+	}
+}
+
+func (s *Server) cmdAbort(c *hci.Conn) {
+	t, err := s.targets(c.Args[1:])
+	if err != nil {
+		c.Error("%v", err)
+		return
+	}
+	if t.server {
+		t.clients = s.allClients()
+		c.String("Trying to abort all clients before abort server ...")
+	}
+	if len(t.clients) > 0 {
+		s.tableToClients(c, t.clients, newAdminMessage(TopicAbort, s.runNumberString(), nil))
+	}
+	if t.server {
+		s.mu.Lock()
+		r := s.run
+		busy := s.running()
+		s.mu.Unlock()
+		if !busy {
+			c.Error("Server app has not started.")
+			return
+		}
+		r.cancel()
+		c.String("Abort signal has been sent to the server app.")
+	}
+	c.Success("")
+}
+
+func (s *Server) cmdShutdown(c *hci.Conn) {
+	t, err := s.targets(c.Args[1:])
+	if err != nil {
+		c.Error("%v", err)
+		return
+	}
+	if t.server && len(t.clients) == 0 && len(s.allClients()) > 0 {
+		c.Error("There are still active clients. Shutdown all clients first.")
+		return
+	}
+	if len(t.clients) > 0 {
+		if t.server {
+			c.String("Trying to shutdown clients before server...")
+		}
+		s.tableToClients(c, t.clients, newAdminMessage(TopicShutdown, s.runNumberString(), nil))
+		s.removeClients(t.clients)
+	}
+	if t.server {
+		c.String("FL app has been shutdown.")
+		c.Shutdown("Bye bye")
+	}
+	c.Success("")
+}
+
+func (s *Server) removeClients(clients []*clientEntry) {
+	s.mu.Lock()
+	for _, cl := range clients {
+		delete(s.clients, cl.token)
+	}
+	s.notify()
+	s.mu.Unlock()
+}
+
+func (s *Server) cmdRemoveClient(c *hci.Conn) {
+	if len(c.Args) < 2 {
+		c.Error("syntax error: missing site names")
+		return
+	}
+	t, err := s.targets(append([]string{"client"}, c.Args[1:]...))
+	if err != nil {
+		c.Error("%v", err)
+		return
+	}
+	s.removeClients(t.clients)
+	c.Success("")
+}
+
+func (s *Server) cmdSetTimeout(c *hci.Conn) {
+	if len(c.Args) != 2 {
+		c.Error("syntax error: missing timeout")
+		return
+	}
+	v, err := strconv.ParseFloat(c.Args[1], 64)
+	if err != nil {
+		c.Error("must provide the timeout value in seconds")
+		return
+	}
+	if v <= 0 || v > 24*3600 {
+		c.Error("timeout must be > 0")
+		return
+	}
+	s.mu.Lock()
+	s.console.timeout = time.Duration(v * float64(time.Second))
+	s.mu.Unlock()
+	c.String("admin command timeout has been set to: %v", v)
+	c.Success("")
+}
