@@ -30,6 +30,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecrypt$$' -fuzztime $(FUZZTIME) ./persistor
 	$(GO) test -run '^$$' -fuzz '^FuzzUnpickle$$' -fuzztime $(FUZZTIME) ./persistor/pickle
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeShareable$$' -fuzztime $(FUZZTIME) ./flare
+	$(GO) test -run '^$$' -fuzz '^FuzzReadRequest$$' -fuzztime $(FUZZTIME) ./flare/hci
 
 # Installs the Python peers with apt when they are missing.
 python-peers:

@@ -203,6 +203,9 @@ func (s *Server) Stop() {
 
 func (s *Server) workflow(ctx context.Context, run *runState) (err error) {
 	defer func() {
+		if errors.Is(err, context.Canceled) {
+			err = errors.New("aborted")
+		}
 		s.mu.Lock()
 		run.finished, run.status, run.acc, run.err = true, statusStopped, nil, err
 		s.notify()

@@ -1,0 +1,190 @@
+package flare
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flarego/flarego/flare/hci"
+)
+
+// startConsole serves an admin server and its console; apps it starts
+// run testServerConfig with p as persistor.
+func startConsole(t *testing.T, p *memPersistor, wait float64) (*Server, string, *hci.Client, chan error) {
+	t.Helper()
+	ws := t.TempDir()
+	srv := NewAdminServer()
+	srv.Logf = t.Logf
+	build := func(dir string) (*ServerConfig, *Registry, error) {
+		if _, err := os.Stat(filepath.Join(dir, "config", "config_fed_server.json")); err != nil {
+			return nil, nil, err
+		}
+		return testServerConfig(1, 1, wait), &Registry{Persistors: map[string]func(json.RawMessage) (ModelPersistor, error){
+			"test.MemPersistor": func(json.RawMessage) (ModelPersistor, error) { return p, nil }}}, nil
+	}
+	h, _ := hci.HashPassword("admin")
+	console := srv.Console(ws, build)
+	console.Users = map[string]string{"admin": h}
+	lis, _ := net.Listen("tcp", "127.0.0.1:0")
+	alis, _ := net.Listen("tcp", "127.0.0.1:0")
+	go console.Serve(alis)
+	t.Cleanup(func() { console.Close() })
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(context.Background(), lis) }()
+	cl := &hci.Client{Addr: alis.Addr().String(), Timeout: 30 * time.Second}
+	if err := cl.Login("admin", "admin"); err != nil {
+		t.Fatal(err)
+	}
+	return srv, lis.Addr().String(), cl, done
+}
+
+// do runs a console command; want is a text the reply must hold (an
+// error's text if wantErr).
+func do(t *testing.T, cl *hci.Client, cmd string, wantErr bool, want string) {
+	t.Helper()
+	r, err := cl.Do(cmd)
+	if err != nil {
+		t.Fatalf("%s: %v", cmd, err)
+	}
+	var all []string
+	for _, it := range r.Items {
+		all = append(all, it.Text())
+		for _, row := range it.Cells() {
+			all = append(all, strings.Join(row, " "))
+		}
+	}
+	text := strings.Join(all, "\n")
+	if (r.Err() != nil) != wantErr || !strings.Contains(text, want) {
+		t.Fatalf("%s: error %v, reply:\n%s\nwant error=%v and %q", cmd, r.Err(), text, wantErr, want)
+	}
+}
+
+func appZip(t *testing.T, files map[string]string) string {
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for name, content := range files {
+		w, _ := zw.Create(name)
+		w.Write([]byte(content))
+	}
+	zw.Close()
+	return base64.StdEncoding.EncodeToString(buf.Bytes())
+}
+
+func TestConsoleRefusesBadUploads(t *testing.T) {
+	_, _, cl, _ := startConsole(t, &memPersistor{init: initModel()}, 0)
+	good := map[string]string{"app/config/config_fed_server.json": "{}"}
+	for _, c := range []struct{ name, data, want string }{
+		{"../app", appZip(t, good), "bad app name"},
+		{"a/b", appZip(t, good), "bad app name"},
+		{"app", "!!!", "not base64"},
+		{"app", appZip(t, map[string]string{"app/../../evil": "x"}), "leaves the app folder"},
+		{"app", appZip(t, map[string]string{"other/config/x.json": "{}"}), "must hold exactly the folder app"},
+		{"app", appZip(t, map[string]string{"app/x": "{}", "extra/y": "1"}), "must hold exactly the folder app"},
+	} {
+		do(t, cl, hci.JoinArgs([]string{"_upload_folder", c.name, c.data}), true, c.want)
+	}
+	do(t, cl, hci.JoinArgs([]string{"file_transfer._upload_folder", "app", appZip(t, good)}), false, "Created folder")
+}
+
+// Commands out of order get NVFlare's errors; an aborted run leaves the
+// server ready for the next one, which completes.
+func TestConsoleOrderAbortAndNextRun(t *testing.T) {
+	p := &memPersistor{init: initModel()}
+	srv, addr, cl, done := startConsole(t, p, 0)
+	do(t, cl, "check_status client", true, "no clients available")
+	do(t, cl, "deploy_app app all", true, "Please set a run number.")
+	do(t, cl, "start_app server", true, "Please set a run number.")
+	do(t, cl, "set_run_number x", true, "must be an integer")
+	do(t, cl, "set_run_number 0", true, "must be > 0")
+	do(t, cl, "set_run_number 1", false, "Created a new run folder: run_1")
+	do(t, cl, "deploy_app app all", true, "App app does not exist. Please upload it first")
+	do(t, cl, "start_app server", true, "Server app does not exist")
+	do(t, cl, "abort server", true, "Server app has not started.")
+	do(t, cl, "check_status bogus", true, "invalid target type bogus")
+	do(t, cl, hci.JoinArgs([]string{"_upload_folder", "app", appZip(t, map[string]string{"app/config/config_fed_server.json": "{}", "app/config/config_fed_client.json": "{}"})}), false, "Created folder")
+
+	// Two clients on the admin channel; their executor is slow, so the
+	// first run can be aborted mid-round.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	clientDone := make(chan error, 2)
+	for _, name := range []string{"site-1", "site-2"} {
+		c := &Client{Name: name, Target: addr, Logf: t.Logf, Heartbeat: time.Second}
+		ws := t.TempDir()
+		go func() {
+			clientDone <- c.RunAdmin(ctx, AdminHandler{Workspace: ws, Start: func(string) (map[string]Executor, error) {
+				return map[string]Executor{"train": addExecutor{delta: 1, steps: 1, delay: 1500 * time.Millisecond}}, nil
+			}})
+		}()
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(srv.allClients()) < 2; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("clients did not register")
+		}
+	}
+	do(t, cl, "start_app client", true, "Server app has not started.")
+	do(t, cl, "deploy_app app all", false, `deployed app "app" to Server`)
+	do(t, cl, "start_app all", false, "Start the client app...")
+	do(t, cl, "start_app server", true, "Server already starting or started.")
+	do(t, cl, "set_run_number 2", true, "can not be changed during the FL app running")
+	do(t, cl, "deploy_app app server", true, "is running")
+	do(t, cl, "abort all", false, "Abort signal has been sent to the server app.")
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		r, _ := cl.Do("check_status server")
+		if strings.Contains(strings.Join(r.Strings(), "\n"), "Engine status: stopped") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("run 1 not stopped after abort: %v", r.Strings())
+		}
+	}
+	if len(p.saved) != 0 {
+		t.Fatalf("the aborted run saved %d models", len(p.saved))
+	}
+
+	do(t, cl, "set_run_number 2", false, "Created a new run folder: run_2")
+	do(t, cl, "deploy_app app all", false, "site-2 OK")
+	do(t, cl, "start_app all", false, "Start the client app...")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		p.mu.Lock()
+		n := len(p.saved)
+		p.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("run 2 did not save a model")
+		}
+	}
+	do(t, cl, "check_status server", false, "Current run number: 2")
+	do(t, cl, "shutdown server", true, "still active clients")
+	do(t, cl, "shutdown client site-1", false, "Shutdown the client...")
+	do(t, cl, "remove_client site-9", true, "invalid client(s): site-9")
+	do(t, cl, "shutdown all", false, "FL app has been shutdown.")
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Serve after shutdown: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server did not stop after shutdown all")
+	}
+	for i := 0; i < 2; i++ {
+		select {
+		case err := <-clientDone:
+			if err != nil {
+				t.Fatalf("client after shutdown: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a client did not stop after shutdown")
+		}
+	}
+}
