@@ -301,7 +301,7 @@ func (s *Server) cmdDeploy(c *hci.Conn) {
 		return
 	}
 	if st, err := os.Stat(src); err != nil || !st.IsDir() {
-		c.Error("App %s does not exist. Please upload it first", name)
+		c.Error("App folder '%s' does not exist in staging area.", name)
 		return
 	}
 	if t.server {

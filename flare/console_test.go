@@ -105,7 +105,7 @@ func TestConsoleOrderAbortAndNextRun(t *testing.T) {
 	do(t, cl, "set_run_number x", true, "must be an integer")
 	do(t, cl, "set_run_number 0", true, "must be > 0")
 	do(t, cl, "set_run_number 1", false, "Created a new run folder: run_1")
-	do(t, cl, "deploy_app app all", true, "App app does not exist. Please upload it first")
+	do(t, cl, "deploy_app app all", true, "App folder 'app' does not exist in staging area.")
 	do(t, cl, "start_app server", true, "Server app does not exist")
 	do(t, cl, "abort server", true, "Server app has not started.")
 	do(t, cl, "check_status bogus", true, "invalid target type bogus")

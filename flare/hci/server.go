@@ -313,7 +313,11 @@ func (s *Server) listCommands(c *Conn) {
 	var rows [][]string
 	for _, cmd := range cmds {
 		if cmd.Visible {
-			rows = append(rows, []string{cmd.Scope, cmd.Name, cmd.Desc, cmd.Usage, cmd.Confirm})
+			confirm := cmd.Confirm
+			if confirm == "" {
+				confirm = "none"
+			}
+			rows = append(rows, []string{cmd.Scope, cmd.Name, cmd.Desc, cmd.Usage, confirm})
 		}
 	}
 	c.Table([]string{"Scope", "Command", "Description", "Usage", "Confirm"}, rows)
