@@ -163,7 +163,18 @@ func decodeDXO(v any) (*DXO, error) {
 				}
 				arr, ok := a.Value.(*ndarray)
 				if !ok {
-					return nil, fmt.Errorf("DXO data %q is a %T, not a numpy array", name, a.Value)
+					// A metric: a plain number (or string, bool).
+					v, err := pickle.Convert(a.Value)
+					if err != nil {
+						return nil, fmt.Errorf("DXO data %q: %w", name, err)
+					}
+					switch v.(type) {
+					case float64, int64, bool, string:
+					default:
+						return nil, fmt.Errorf("DXO data %q is a %s, not a numpy array or a number", name, pickle.TypeName(v))
+					}
+					d.Values = append(d.Values, pickle.Item{Key: name, Value: v})
+					continue
 				}
 				t, err := arr.tensor()
 				if err != nil {
@@ -227,6 +238,14 @@ func encodeDXO(d *DXO) (*pickle.Dict, error) {
 			return nil, fmt.Errorf("DXO data %q: %w", a.Name, err)
 		}
 		data.Items = append(data.Items, pickle.Item{Key: a.Name, Value: v})
+	}
+	for _, v := range d.Values {
+		switch v.Value.(type) {
+		case float64, int64, bool, string:
+		default:
+			return nil, fmt.Errorf("DXO data %v is a %T, not a number", v.Key, v.Value)
+		}
+		data.Items = append(data.Items, v)
 	}
 	meta := d.Meta
 	if meta == nil {

@@ -2,6 +2,7 @@ package flare
 
 import (
 	"bytes"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -68,6 +69,56 @@ func TestDecodeGoldenShareables(t *testing.T) {
 	}
 	if _, err := DecodeShareable(fixture(t, "shareable.pkl")); err != nil {
 		t.Error(err)
+	}
+}
+
+// Cross-site evaluation: the validate task NVFlare's CrossSiteModelEval
+// sends and the METRICS result its validators return.
+func TestDecodeValidateTaskAndMetrics(t *testing.T) {
+	task, err := DecodeShareable(fixture(t, "golden", "shareable_validate_task.pkl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if task.HeaderString(HeaderModelOwner) != "site-2" || task.HeaderString(HeaderTaskName) != "validate" {
+		t.Errorf("headers %v", task.Headers)
+	}
+	if v, _ := task.CookieJar().Get(HeaderModelOwner); v != "site-2" {
+		t.Errorf("cookie jar %v", task.CookieJar())
+	}
+	if task.DXO == nil || task.DXO.Kind != KindWeights || len(task.DXO.Data) != 3 || len(task.DXO.Values) != 0 {
+		t.Fatalf("DXO %+v", task.DXO)
+	}
+	res, err := DecodeShareable(fixture(t, "golden", "shareable_metrics_result.pkl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.DXO == nil || res.DXO.Kind != KindMetrics || len(res.DXO.Data) != 0 {
+		t.Fatalf("DXO %+v", res.DXO)
+	}
+	for name, want := range map[string]float64{"val_acc": 0.875, "val_loss": 0.3125, "val_images": 8} {
+		if v, ok := res.DXO.Metric(name); !ok || v != want {
+			t.Errorf("%s = %v, %v; want %v", name, v, ok, want)
+		}
+	}
+	if _, ok := res.DXO.Metric("missing"); ok {
+		t.Error("a missing metric was found")
+	}
+	// Our encoding of the result decodes to the same values, in order.
+	b, err := EncodeShareable(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := DecodeShareable(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(again.DXO.Values) != fmt.Sprint(res.DXO.Values) || again.ReturnCode() != RCOK {
+		t.Errorf("round trip: %v, want %v", again.DXO.Values, res.DXO.Values)
+	}
+	// Anything else than a number is refused on both sides.
+	bad := &Shareable{Headers: &pickle.Dict{}, DXO: &DXO{Kind: KindMetrics, Values: []pickle.Item{{Key: "x", Value: pickle.List{int64(1)}}}}}
+	if _, err := EncodeShareable(bad); err == nil {
+		t.Error("a list metric was encoded")
 	}
 }
 

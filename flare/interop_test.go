@@ -17,7 +17,8 @@ func peer(t *testing.T, args ...string) string { return peertool.Run(t, args...)
 // tree for nvflare.apis, since NVFlare is not installed).
 func TestInteropWirePicklesLoadInPython(t *testing.T) {
 	dir := t.TempDir()
-	for _, name := range []string{"shareable_dxo_f32_3x3.pkl", "shareable_dxo_multi.pkl", "shareable_dxo_bare.pkl"} {
+	for _, name := range []string{"shareable_dxo_f32_3x3.pkl", "shareable_dxo_multi.pkl", "shareable_dxo_bare.pkl",
+		"shareable_validate_task.pkl", "shareable_metrics_result.pkl"} {
 		golden := filepath.Join("..", "testdata", "nvflare", "golden", name)
 		s, err := DecodeShareable(fixture(t, "golden", name))
 		if err != nil {

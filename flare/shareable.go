@@ -36,6 +36,12 @@ const (
 	HeaderWaitTime     = "__wait_time__"
 	HeaderCurrentRound = "current_round"
 	HeaderNumRounds    = "num_rounds"
+	// HeaderModelOwner names whose model a validate task carries (also a
+	// cookie, which the result echoes): a client's name or "SRV_..." for
+	// a server model (CrossSiteModelEval).
+	HeaderModelOwner = "_model_owner_"
+	// HeaderSubmitModelName asks submit_model for a model ("best_model").
+	HeaderSubmitModelName = "submit_model_name"
 )
 
 // Special task names the server answers GetTask with.
@@ -117,7 +123,10 @@ func (s *Shareable) CookieJar() *pickle.Dict {
 type DXO struct {
 	Kind string
 	Data []NamedArray
-	Meta *pickle.Dict
+	// Values are data entries that are plain Python values, not arrays:
+	// a METRICS DXO's {"val_acc": 0.93}. They follow Data on the wire.
+	Values []pickle.Item
+	Meta   *pickle.Dict
 }
 
 // NamedArray is one entry of a DXO's data: a numpy array as a tensor.
@@ -134,6 +143,33 @@ func (d *DXO) Get(name string) *persistor.Tensor {
 		}
 	}
 	return nil
+}
+
+// Metric returns a number among the DXO's values (or a one-element
+// array, as numpy scalars arrive).
+func (d *DXO) Metric(name string) (float64, bool) {
+	for _, v := range d.Values {
+		if v.Key != name {
+			continue
+		}
+		switch x := v.Value.(type) {
+		case float64:
+			return x, true
+		case int64:
+			return float64(x), true
+		}
+		return 0, false
+	}
+	if a := d.Get(name); a != nil && a.NumElements() == 1 {
+		return a.Float64At(0), true
+	}
+	return 0, false
+}
+
+// MetricsDXO makes a METRICS DXO, as NVFlare's validators return it:
+// data {name: float}.
+func MetricsDXO(values ...pickle.Item) *DXO {
+	return &DXO{Kind: KindMetrics, Values: values, Meta: &pickle.Dict{}}
 }
 
 // NumSteps returns the NUM_STEPS_CURRENT_ROUND meta value.

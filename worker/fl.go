@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -58,8 +59,8 @@ func jobSpec(jobDir, modelPath string, k *persistor.Key) (*model.Spec, error) {
 	return spec, nil
 }
 
-// trainer is pneumonia_trainer.PneumoniaTrainer: train and submit_model on
-// the site's /input data.
+// trainer is pneumonia_trainer.PneumoniaTrainer: train, submit_model and
+// validate (cross-site evaluation) on the site's /input data.
 type trainer struct {
 	spec    *model.Spec
 	input   string
@@ -72,6 +73,14 @@ type trainer struct {
 	samples []model.Sample
 }
 
+// Metric names of the validate task's METRICS DXO (NVFlare's examples
+// report val_acc).
+const (
+	metricAccuracy = "val_acc"
+	metricLoss     = "val_loss"
+	metricImages   = "val_images"
+)
+
 func (t *trainer) Execute(ctx context.Context, task string, data *flare.Shareable, fl *flare.FLContext) (*flare.Shareable, error) {
 	out := flare.NewShareable()
 	switch task {
@@ -79,12 +88,13 @@ func (t *trainer) Execute(ctx context.Context, task string, data *flare.Shareabl
 		t.mu.Lock()
 		defer t.mu.Unlock()
 		if t.last == nil {
+			t.logf("submit_model: no local model yet (this site has not trained in this run)")
 			out.SetHeader(flare.HeaderRC, flare.RCExecutionException)
 			return out, nil
 		}
 		out.DXO = flare.WeightsDXO(t.last, nil)
 		return out, nil
-	case "train":
+	case "train", "validate":
 	default:
 		out.SetHeader(flare.HeaderRC, flare.RCTaskUnknown)
 		return out, nil
@@ -93,21 +103,20 @@ func (t *trainer) Execute(ctx context.Context, task string, data *flare.Shareabl
 		out.SetHeader(flare.HeaderRC, flare.RCBadTaskData)
 		return out, nil
 	}
-	if t.samples == nil {
-		root, err := model.TrainingFolder(t.input)
-		if err != nil {
-			return nil, err
-		}
-		if _, t.samples, err = model.ImageFolder(root); err != nil {
-			return nil, err
-		}
+	samples, err := t.localSamples()
+	if err != nil {
+		return nil, err
 	}
 	net, err := model.NewNet(t.spec, data.DXO.StateDict(), t.batch)
 	if err != nil {
+		t.logf("%s: the task's weights do not fit the model: %v", task, err)
 		out.SetHeader(flare.HeaderRC, flare.RCBadTaskData)
 		return out, nil
 	}
-	steps, err := model.Train(ctx, net, t.samples, model.TrainConfig{Epochs: t.epochs, LR: t.lr, Batch: t.batch, Seed: uint64(time.Now().UnixNano()), Augment: true,
+	if task == "validate" {
+		return t.validate(ctx, net, samples, data.HeaderString(flare.HeaderModelOwner))
+	}
+	steps, err := model.Train(ctx, net, samples, model.TrainConfig{Epochs: t.epochs, LR: t.lr, Batch: t.batch, Seed: uint64(time.Now().UnixNano()), Augment: true,
 		Progress: func(s model.EpochStats) { t.logf("%s", s) },
 		Warn:     func(m string) { t.logf("warning: %s", m) }})
 	if err != nil {
@@ -119,6 +128,70 @@ func (t *trainer) Execute(ctx context.Context, task string, data *flare.Shareabl
 	t.mu.Unlock()
 	out.DXO = flare.WeightsDXO(sd, &pickle.Dict{Items: []pickle.Item{{Key: flare.MetaNumStepsCurrentRound, Value: int64(steps)}}})
 	return out, nil
+}
+
+func (t *trainer) localSamples() ([]model.Sample, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.samples == nil {
+		root, err := model.TrainingFolder(t.input)
+		if err != nil {
+			return nil, err
+		}
+		if _, t.samples, err = model.ImageFolder(root); err != nil {
+			return nil, err
+		}
+	}
+	return t.samples, nil
+}
+
+// validate scores another site's (or the server's) model on this site's
+// images, in evaluation mode with the deterministic transforms, and
+// replies a METRICS DXO: accuracy, mean cross-entropy, image count.
+func (t *trainer) validate(ctx context.Context, net *model.Net, samples []model.Sample, owner string) (*flare.Shareable, error) {
+	start := time.Now()
+	preds, err := model.Predict(ctx, net, samples, t.batch, func(m string) { t.logf("warning: %s", m) })
+	if err != nil {
+		return nil, err
+	}
+	if len(preds) == 0 {
+		return nil, fmt.Errorf("validate: no readable images")
+	}
+	correct, loss := 0, 0.0
+	for _, p := range preds {
+		best := 0
+		for i, v := range p.Logits {
+			if v > p.Logits[best] {
+				best = i
+			}
+		}
+		if best == p.Sample.Class {
+			correct++
+		}
+		loss += crossEntropy(p.Logits, p.Sample.Class)
+	}
+	acc := float64(correct) / float64(len(preds))
+	if owner == "" {
+		owner = "an unnamed owner"
+	}
+	t.logf("validate: model of %s: accuracy %.1f%%, loss %.4f on %d images in %.1f s", owner, 100*acc, loss/float64(len(preds)), len(preds), time.Since(start).Seconds())
+	out := flare.NewShareable()
+	out.DXO = flare.MetricsDXO(pickle.Item{Key: metricAccuracy, Value: acc}, pickle.Item{Key: metricLoss, Value: loss / float64(len(preds))},
+		pickle.Item{Key: metricImages, Value: int64(len(preds))})
+	return out, nil
+}
+
+// crossEntropy is -log softmax(logits)[class], computed stably.
+func crossEntropy(logits []float32, class int) float64 {
+	m := float64(logits[0])
+	for _, v := range logits {
+		m = math.Max(m, float64(v))
+	}
+	var sum float64
+	for _, v := range logits {
+		sum += math.Exp(float64(v) - m)
+	}
+	return m + math.Log(sum) - float64(logits[class])
 }
 
 // registry builds the job's components: the trainer for a site whose

@@ -222,10 +222,14 @@ def main():
             fail("DXO differs")
         for k in b["data"]:
             x, y = a["data"][k], b["data"][k]
+            if not isinstance(y, np.ndarray):  # a metric: a plain Python number
+                if type(x) is not type(y) or x != y:
+                    fail("value %s differs: %r %r" % (k, x, y))
+                continue
             if not isinstance(x, np.ndarray) or x.dtype != y.dtype or x.shape != y.shape or x.tobytes() != y.tobytes():
                 fail("array %s differs: %r %r" % (k, getattr(x, "dtype", x), y.dtype))
             x + 1  # a real, usable array
-        print("shareable-check: equal, %d arrays" % len(b["data"]))
+        print("shareable-check: equal, %d data entries" % len(b["data"]))
     else:
         fail("unknown command " + cmd)
 

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/flarego/flarego/flare"
+	"github.com/flarego/flarego/model"
+	"github.com/flarego/flarego/persistor"
+	"github.com/flarego/flarego/persistor/pickle"
+)
+
+// The trainer's cross-site tasks: validate scores a model on the site's
+// images and replies METRICS; bad task data gets BAD_TASK_DATA;
+// submit_model before any training fails cleanly, after it returns the
+// trained weights.
+func TestTrainerValidateAndSubmitModel(t *testing.T) {
+	dir := t.TempDir()
+	b, err := os.ReadFile(filepath.Join("..", "testdata", "fernet", "key.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := persistor.ParseKey(string(bytes.TrimSpace(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := writeJob(t, dir, filepath.Join("..", "testdata", "fernet", "key.txt"))
+	input := filepath.Join(dir, "input")
+	var out bytes.Buffer
+	if rc := run([]string{"samples", "--n", "3", "--seed", "7", input}, &out, &out); rc != 0 {
+		t.Fatal(out.String())
+	}
+	reg := registry(job, key, input, filepath.Join(dir, "output"), t.Logf)
+	ex, err := reg.Executors[pathTrainer]([]byte(`{"lr": 0.001, "epochs": 1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := jobSpec(job, "network.PneumoniaModel", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	init, err := model.Init(spec, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	rc := func(s *flare.Shareable) string { return s.ReturnCode() }
+
+	r, err := ex.Execute(ctx, "submit_model", flare.NewShareable(), nil)
+	if err != nil || rc(r) != flare.RCExecutionException {
+		t.Fatalf("submit_model before training: %v, rc %s", err, rc(r))
+	}
+	task := flare.NewShareable()
+	task.SetHeader(flare.HeaderModelOwner, "site-2")
+	task.DXO = flare.WeightsDXO(init, nil)
+	r, err = ex.Execute(ctx, "validate", task, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.DXO == nil || r.DXO.Kind != flare.KindMetrics || rc(r) != flare.RCOK {
+		t.Fatalf("validate: %+v rc %q", r.DXO, rc(r))
+	}
+	root, err := model.TrainingFolder(input)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, samples, _ := model.ImageFolder(root)
+	acc, ok1 := r.DXO.Metric(metricAccuracy)
+	loss, ok2 := r.DXO.Metric(metricLoss)
+	n, ok3 := r.DXO.Metric(metricImages)
+	if !ok1 || !ok2 || !ok3 || acc < 0 || acc > 1 || loss <= 0 || int(n) != len(samples) || len(samples) == 0 {
+		t.Fatalf("metrics %v (%d images on disk)", r.DXO.Values, len(samples))
+	}
+	// The accuracy is the share of images whose larger logit is their class.
+	net, _ := model.NewNet(spec, init, 4)
+	preds, err := model.Predict(ctx, net, samples, 4, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	right := 0
+	for _, p := range preds {
+		if (p.Logits[1] > p.Logits[0]) == (p.Sample.Class == 1) {
+			right++
+		}
+	}
+	if want := float64(right) / float64(len(preds)); math.Abs(acc-want) > 1e-12 {
+		t.Errorf("val_acc %v, want %v", acc, want)
+	}
+	// What goes on the wire decodes to the same metrics.
+	wire, err := flare.EncodeShareable(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := flare.DecodeShareable(wire)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := back.DXO.Metric(metricAccuracy); v != acc {
+		t.Errorf("decoded val_acc %v, sent %v", v, acc)
+	}
+
+	for name, bad := range map[string]*flare.DXO{
+		"no DXO":      nil,
+		"metrics DXO": flare.MetricsDXO(pickle.Item{Key: "val_acc", Value: 1.0}),
+		"wrong shapes": flare.WeightsDXO(func() *persistor.StateDict {
+			sd := persistor.NewStateDict()
+			sd.Set("fc.weight", init.Get("fc.bias"))
+			return sd
+		}(), nil),
+	} {
+		task := flare.NewShareable()
+		task.DXO = bad
+		r, err := ex.Execute(ctx, "validate", task, nil)
+		if err != nil || rc(r) != flare.RCBadTaskData {
+			t.Errorf("validate with %s: %v, rc %q", name, err, rc(r))
+		}
+	}
+
+	task = flare.NewShareable()
+	task.DXO = flare.WeightsDXO(init, nil)
+	if r, err = ex.Execute(ctx, "train", task, nil); err != nil || r.DXO == nil {
+		t.Fatalf("train: %v", err)
+	}
+	trained := r.DXO
+	r, err = ex.Execute(ctx, "submit_model", flare.NewShareable(), nil)
+	if err != nil || r.DXO == nil || r.DXO.Kind != flare.KindWeights || len(r.DXO.Data) != len(trained.Data) {
+		t.Fatalf("submit_model after training: %v %+v", err, r)
+	}
+	for i, a := range r.DXO.Data {
+		if a.Name != trained.Data[i].Name || !bytes.Equal(a.Array.Data, trained.Data[i].Array.Data) {
+			t.Fatalf("submit_model's %s differs from the trained weights", a.Name)
+		}
+	}
+}
+
+func TestCrossEntropy(t *testing.T) {
+	for _, c := range []struct {
+		logits []float32
+		class  int
+		want   float64
+	}{
+		{[]float32{0, 0}, 0, math.Ln2},
+		{[]float32{1000, 0}, 0, 0},
+		{[]float32{1000, 0}, 1, 1000},
+		{[]float32{2, 1}, 1, 1 + math.Log(1+math.Exp(-1))},
+	} {
+		if got := crossEntropy(c.logits, c.class); math.Abs(got-c.want) > 1e-9 {
+			t.Errorf("crossEntropy(%v, %d) = %v, want %v", c.logits, c.class, got, c.want)
+		}
+	}
+}
