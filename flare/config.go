@@ -118,23 +118,87 @@ func (c *ServerConfig) Component(id string) (Component, error) {
 	return Component{}, fmt.Errorf("config_fed_server.json has no component %q", id)
 }
 
-// ScatterAndGather returns the workflow's arguments with defaults filled in.
+// ScatterAndGather returns the workflow's arguments with defaults filled
+// in. ScatterAndGather comes first; CrossSiteModelEval may follow it.
 func (c *ServerConfig) ScatterAndGather() (*ScatterAndGatherArgs, error) {
-	for _, w := range c.Workflows {
-		if w.Path != PathScatterAndGather && w.Path != "ScatterAndGather" {
+	if len(c.Workflows) == 0 {
+		return nil, fmt.Errorf("config_fed_server.json has no workflow")
+	}
+	for i, w := range c.Workflows {
+		switch {
+		case i == 0 && (w.Path == PathScatterAndGather || w.Path == "ScatterAndGather"):
+		case i == 1 && isCrossSite(w.Path):
+			continue
+		case isCrossSite(w.Path):
+			return nil, fmt.Errorf("workflow %s: CrossSiteModelEval runs only right after ScatterAndGather: %w", w.ID, ErrNotImplemented)
+		default:
 			return nil, fmt.Errorf("workflow %q: %w", w.Path, ErrNotImplemented)
 		}
-		a := &ScatterAndGatherArgs{MinClients: 1, NumRounds: 5, WaitTimeAfterMinReceived: 10,
-			AggregatorID: "aggregator", PersistorID: "persistor", ShareableGeneratorID: "shareable_generator", TrainTaskName: "train"}
+	}
+	w := c.Workflows[0]
+	a := &ScatterAndGatherArgs{MinClients: 1, NumRounds: 5, WaitTimeAfterMinReceived: 10,
+		AggregatorID: "aggregator", PersistorID: "persistor", ShareableGeneratorID: "shareable_generator", TrainTaskName: "train"}
+	if len(w.Args) > 0 {
+		if err := json.Unmarshal(w.Args, a); err != nil {
+			return nil, fmt.Errorf("workflow %s args: %w", w.ID, err)
+		}
+	}
+	if a.MinClients < 1 || a.NumRounds < 1 || a.StartRound < 0 || a.StartRound > a.NumRounds || a.WaitTimeAfterMinReceived < 0 {
+		return nil, fmt.Errorf("workflow %s: bad min_clients/num_rounds/start_round/wait time", w.ID)
+	}
+	return a, nil
+}
+
+func isCrossSite(path string) bool {
+	return path == PathCrossSiteModelEval || path == "CrossSiteModelEval"
+}
+
+// CrossSiteArgs are CrossSiteModelEval's arguments, with NVFlare 2.0's
+// defaults.
+type CrossSiteArgs struct {
+	SubmitModelTimeout    float64  `json:"submit_model_timeout"`
+	ValidationTimeout     float64  `json:"validation_timeout"`
+	ModelLocatorID        string   `json:"model_locator_id"`
+	FormatterID           string   `json:"formatter_id"`
+	SubmitModelTaskName   string   `json:"submit_model_task_name"`
+	ValidationTaskName    string   `json:"validation_task_name"`
+	CleanupModels         bool     `json:"cleanup_models"`
+	ParticipatingClients  []string `json:"participating_clients"`
+	WaitForClientsTimeout float64  `json:"wait_for_clients_timeout"`
+	CrossValDir           string   `json:"cross_val_dir"`
+	TaskCheckPeriod       float64  `json:"task_check_period"`
+}
+
+// CrossSiteModelEval returns the cross-site evaluation that follows
+// ScatterAndGather, or nil when the config has none.
+func (c *ServerConfig) CrossSiteModelEval() (*CrossSiteArgs, error) {
+	for _, w := range c.Workflows {
+		if !isCrossSite(w.Path) {
+			continue
+		}
+		a := &CrossSiteArgs{SubmitModelTimeout: 600, ValidationTimeout: 6000, SubmitModelTaskName: "submit_model",
+			ValidationTaskName: "validate", WaitForClientsTimeout: 300, CrossValDir: "cross_site_val"}
 		if len(w.Args) > 0 {
 			if err := json.Unmarshal(w.Args, a); err != nil {
 				return nil, fmt.Errorf("workflow %s args: %w", w.ID, err)
 			}
 		}
-		if a.MinClients < 1 || a.NumRounds < 1 || a.StartRound < 0 || a.StartRound > a.NumRounds || a.WaitTimeAfterMinReceived < 0 {
-			return nil, fmt.Errorf("workflow %s: bad min_clients/num_rounds/start_round/wait time", w.ID)
+		if a.SubmitModelTimeout < 0 || a.ValidationTimeout < 0 || a.WaitForClientsTimeout < 0 || a.ValidationTaskName == "" {
+			return nil, fmt.Errorf("workflow %s: timeouts must be >= 0 and validation_task_name set", w.ID)
+		}
+		if a.CrossValDir == "" || filepath.IsAbs(a.CrossValDir) || !filepath.IsLocal(a.CrossValDir) {
+			return nil, fmt.Errorf("workflow %s: cross_val_dir %q must be a relative folder inside the run", w.ID, a.CrossValDir)
+		}
+		if a.ModelLocatorID != "" {
+			loc, err := c.Component(a.ModelLocatorID)
+			if err != nil {
+				return nil, fmt.Errorf("workflow %s: %w", w.ID, err)
+			}
+			if loc.Path != PathPTFileModelLocator {
+				return nil, fmt.Errorf("model locator %q: %w", loc.Path, ErrNotImplemented)
+			}
 		}
 		return a, nil
 	}
-	return nil, fmt.Errorf("config_fed_server.json has no workflow")
+	return nil, nil
 }

@@ -97,6 +97,13 @@ func startServer(t *testing.T, cfg *ServerConfig, p *memPersistor) (*Server, str
 		t.Fatal(err)
 	}
 	srv.Logf = t.Logf
+	addr, done := serveOn(t, srv)
+	return srv, addr, done
+}
+
+// serveOn serves srv on a loopback port.
+func serveOn(t *testing.T, srv *Server) (string, chan error) {
+	t.Helper()
 	srv.EndGrace = time.Second
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -104,7 +111,7 @@ func startServer(t *testing.T, cfg *ServerConfig, p *memPersistor) (*Server, str
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(context.Background(), lis) }()
-	return srv, lis.Addr().String(), done
+	return lis.Addr().String(), done
 }
 
 func initModel() *persistor.StateDict {

@@ -18,6 +18,10 @@ const (
 	PathScatterAndGather   = "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather"
 	PathFullModelGenerator = "nvflare.app_common.shareablegenerators.full_model_shareable_generator.FullModelShareableGenerator"
 	PathWeightedAggregator = "nvflare.app_common.aggregators.intime_accumulate_model_aggregator.InTimeAccumulateWeightedAggregator"
+	PathCrossSiteModelEval = "nvflare.app_common.workflows.cross_site_model_eval.CrossSiteModelEval"
+	// PathPTFileModelLocator, as CrossSiteModelEval's model_locator,
+	// adds the run's final global model to the models every site scores.
+	PathPTFileModelLocator = "nvflare.app_common.pt.pt_file_model_locator.PTFileModelLocator"
 )
 
 // An Executor runs a client task, like NVFlare's Executor.execute.

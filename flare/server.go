@@ -44,6 +44,9 @@ type Server struct {
 	Logf             func(format string, args ...any)
 	// ServerOptions are added to the gRPC server's (e.g. TLS credentials).
 	ServerOptions []grpc.ServerOption
+	// OutputDir, for a server without a console workspace, receives
+	// cross-site evaluation results (CROSS_VAL_DIR/cross_val_results.json).
+	OutputDir string
 	// EndGrace is how long a one-job server waits, after the last round,
 	// for live clients to fetch __end_run__ (default 10 s).
 	EndGrace time.Duration
@@ -82,6 +85,7 @@ type runState struct {
 	contributed map[string]bool
 	finished    bool
 	ended       map[string]bool // clients told __end_run__
+	cross       *crossSite      // CrossSiteModelEval after the rounds, or nil
 	cancel      context.CancelFunc
 	err         error
 }
@@ -102,7 +106,15 @@ func newRun(cfg *ServerConfig, reg *Registry, number int, app string) (*runState
 	if err != nil {
 		return nil, err
 	}
-	return &runState{number: number, app: app, sag: sag, persist: p, status: statusStarting, ended: map[string]bool{}}, nil
+	csv, err := cfg.CrossSiteModelEval()
+	if err != nil {
+		return nil, err
+	}
+	r := &runState{number: number, app: app, sag: sag, persist: p, status: statusStarting, ended: map[string]bool{}}
+	if csv != nil {
+		r.cross = &crossSite{args: csv}
+	}
+	return r, nil
 }
 
 func heartBeat(cfg *ServerConfig) time.Duration {
@@ -235,6 +247,9 @@ func (s *Server) workflow(ctx context.Context, run *runState) (err error) {
 			return fmt.Errorf("round %d: saving the global model: %w", r, err)
 		}
 		s.logf("round %d/%d done: aggregated %d result(s) (%.0f steps) in %.2f s; global model saved", r+1, sag.NumRounds, n, acc.total, time.Since(start).Seconds())
+	}
+	if run.cross != nil {
+		return s.crossSiteEval(ctx, run, global)
 	}
 	return nil
 }
@@ -494,16 +509,29 @@ func (s *Server) GetTask(ctx context.Context, req *fedlearn.ClientState) (*fedle
 		return s.special(TaskEndRun, 0)
 	}
 	if run.acc == nil || run.contributed[c.name] {
+		var t *crossTask
+		if run.cross != nil && run.cross.queued != nil {
+			t = run.cross.next(c.name)
+		}
 		s.mu.Unlock()
+		if t != nil {
+			s.logf("client %s: task %s %s", c.name, t.name, t.owner)
+			return s.task(t.name, t.data)
+		}
 		return s.special(TaskTryAgain, tryAgainWait)
 	}
 	data, round, task := run.taskData, run.round, run.sag.TrainTaskName
 	s.mu.Unlock()
+	s.logf("client %s: task %s round %d", c.name, task, round+1)
+	return s.task(task, data)
+}
+
+// task answers GetTask with a task and the server's FLContext.
+func (s *Server) task(task string, data []byte) (*fedlearn.CurrentTask, error) {
 	ctxData, err := s.flContext()
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	s.logf("client %s: task %s round %d", c.name, task, round+1)
 	return &fedlearn.CurrentTask{Meta: s.meta(), TaskName: task, Data: &fedlearn.ModelData{Params: map[string]*fedlearn.NDArray{
 		"data": {Ndarray: data}, "fl_context": {Ndarray: ctxData}}}}, nil
 }
@@ -526,11 +554,18 @@ func (s *Server) SubmitUpdate(ctx context.Context, req *fedlearn.Contribution) (
 		s.logf("client %s: rejected result: %v", c.name, err)
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	jar := sh.CookieJar()
+	if jar != nil {
+		if wf, _ := jar.Get(HeaderWorkflow); wf == workflowCrossSite {
+			tid, _ := jar.Get(HeaderTaskID)
+			id, _ := tid.(string)
+			return &fedlearn.FederatedSummary{Comment: s.crossSiteResult(c, sh, id)}, nil
+		}
+	}
 	if rc := sh.ReturnCode(); rc != RCOK {
 		s.logf("client %s: task failed with %s", c.name, rc)
 		return &fedlearn.FederatedSummary{Comment: "result ignored: " + rc}, nil
 	}
-	jar := sh.CookieJar()
 	var tid any
 	var cr any
 	if jar != nil {

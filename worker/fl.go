@@ -330,6 +330,7 @@ func (c *command) simulate(args []string) error {
 		return err
 	}
 	srv.Logf = func(format string, a ...any) { logf("server: "+format, a...) }
+	srv.OutputDir = loc.Output
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -460,6 +461,7 @@ func (c *command) server(args []string) error {
 		if srv, err = flare.NewServer(cfg, reg); err != nil {
 			return err
 		}
+		srv.OutputDir = loc.Output
 		// Clients that poll the admin channel (NVFlare's, or ours without
 		// --job) get the app deployed and started, as NVFlare's admin
 		// deploy_app and start_app do.
