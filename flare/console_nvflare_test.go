@@ -102,6 +102,22 @@ func startAdminClients(t *testing.T, srv *Server, addr string, delay time.Durati
 	return cancel, clientDone
 }
 
+// waitShutdown waits for the server and both admin-channel clients to
+// end after shutdown all.
+func waitShutdown(t *testing.T, done, clientDone chan error) {
+	t.Helper()
+	for _, ch := range []chan error{done, clientDone, clientDone} {
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("shutdown all did not end the server and both clients")
+		}
+	}
+}
+
 func waitStopped(t *testing.T, cl *hci.Client) {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
@@ -171,16 +187,7 @@ func TestConsoleServesNVFlareAdminAPIRequests(t *testing.T) {
 			}
 		}
 	}
-	for _, ch := range []chan error{done, clientDone, clientDone} {
-		select {
-		case err := <-ch:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("shutdown all did not end the server and both clients")
-		}
-	}
+	waitShutdown(t, done, clientDone)
 }
 
 // checkUnzipped compares the files of an upload command's zip with what
@@ -258,16 +265,7 @@ func TestConsoleRepliesShapedLikeNVFlare(t *testing.T) {
 			t.Errorf("%02d %.40s: %s\nours:\n%s\nNVFlare's:\n%s", i+1, cmd, d, replyText(ours), replyText(theirs[0].Data))
 		}
 	}
-	for _, ch := range []chan error{done, clientDone, clientDone} {
-		select {
-		case err := <-ch:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("shutdown all did not end the server and both clients")
-		}
-	}
+	waitShutdown(t, done, clientDone)
 }
 
 // shapeDiff compares two replies, allowing ours the extra status lines

@@ -113,23 +113,7 @@ func TestConsoleOrderAbortAndNextRun(t *testing.T) {
 
 	// Two clients on the admin channel; their executor is slow, so the
 	// first run can be aborted mid-round.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	clientDone := make(chan error, 2)
-	for _, name := range []string{"site-1", "site-2"} {
-		c := &Client{Name: name, Target: addr, Logf: t.Logf, Heartbeat: time.Second}
-		ws := t.TempDir()
-		go func() {
-			clientDone <- c.RunAdmin(ctx, AdminHandler{Workspace: ws, Start: func(string) (map[string]Executor, error) {
-				return map[string]Executor{"train": addExecutor{delta: 1, steps: 1, delay: 1500 * time.Millisecond}}, nil
-			}})
-		}()
-	}
-	for deadline := time.Now().Add(10 * time.Second); len(srv.allClients()) < 2; time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("clients did not register")
-		}
-	}
+	_, clientDone := startAdminClients(t, srv, addr, 1500*time.Millisecond)
 	do(t, cl, "start_app client", true, "Server app has not started.")
 	do(t, cl, "deploy_app app all", false, `deployed app "app" to Server`)
 	do(t, cl, "start_app all", false, "Start the client app...")
@@ -137,15 +121,7 @@ func TestConsoleOrderAbortAndNextRun(t *testing.T) {
 	do(t, cl, "set_run_number 2", true, "can not be changed during the FL app running")
 	do(t, cl, "deploy_app app server", true, "is running")
 	do(t, cl, "abort all", false, "Abort signal has been sent to the server app.")
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		r, _ := cl.Do("check_status server")
-		if strings.Contains(strings.Join(r.Strings(), "\n"), "Engine status: stopped") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("run 1 not stopped after abort: %v", r.Strings())
-		}
-	}
+	waitStopped(t, cl)
 	if len(p.saved) != 0 {
 		t.Fatalf("the aborted run saved %d models", len(p.saved))
 	}
@@ -169,22 +145,5 @@ func TestConsoleOrderAbortAndNextRun(t *testing.T) {
 	do(t, cl, "shutdown client site-1", false, "Shutdown the client...")
 	do(t, cl, "remove_client site-9", true, "invalid client(s): site-9")
 	do(t, cl, "shutdown all", false, "FL app has been shutdown.")
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("Serve after shutdown: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the server did not stop after shutdown all")
-	}
-	for i := 0; i < 2; i++ {
-		select {
-		case err := <-clientDone:
-			if err != nil {
-				t.Fatalf("client after shutdown: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("a client did not stop after shutdown")
-		}
-	}
+	waitShutdown(t, done, clientDone)
 }
