@@ -48,6 +48,23 @@ type Item struct {
 	Rows [][]any         `json:"rows,omitempty"`
 }
 
+// MarshalJSON writes a table's rows even when there are none (an empty
+// table reads back as a table), and no rows for other items.
+func (it Item) MarshalJSON() ([]byte, error) {
+	if it.Type == TypeTable {
+		rows := it.Rows
+		if rows == nil {
+			rows = [][]any{}
+		}
+		return json.Marshal(struct {
+			Type string  `json:"type"`
+			Rows [][]any `json:"rows"`
+		}{it.Type, rows})
+	}
+	type plain Item
+	return json.Marshal(plain(it))
+}
+
 // Text is a string item's text ("" for other types).
 func (it Item) Text() string {
 	var s string
