@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +29,8 @@ const (
 	TopicCheckStatus  = "train.check_status"
 	TopicShutdown     = "train.shutdown"
 	TopicSysInfo      = "sys.info"
+	TopicAbortTask    = "train.abort_task"
+	TopicDeleteRun    = "train.delete_run"
 	TopicAux          = "__aux_command__"
 )
 
@@ -436,6 +439,26 @@ func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, st *adminSta
 			st.stopWork()
 		}
 		return "str", []byte("Shutdown the client..."), true, nil
+	case TopicAbortTask:
+		if !*started || !c.abortTask() {
+			return "str", []byte("No task is running."), false, nil
+		}
+		return "str", []byte("OK"), false, nil
+	case TopicDeleteRun:
+		n, err := strconv.Atoi(m.Headers["run_number"])
+		if err != nil || n <= 0 {
+			return "", nil, false, fmt.Errorf("bad run number %q", m.Headers["run_number"])
+		}
+		if *started && strconv.Itoa(n) == *run {
+			return "str", []byte("Current running run_number can not be deleted."), false, nil
+		}
+		if err := os.RemoveAll(filepath.Join(h.Workspace, "run_"+strconv.Itoa(n))); err != nil {
+			return "", nil, false, err
+		}
+		if strconv.Itoa(n) == *run {
+			*appDir = ""
+		}
+		return "str", []byte("OK"), false, nil
 	case TopicSysInfo:
 		b, err := json.Marshal(sysInfo())
 		return "str", b, false, err

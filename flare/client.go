@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -38,6 +39,21 @@ type Client struct {
 	conn  *grpc.ClientConn
 	fl    fedlearn.FederatedTrainingClient
 	token string
+
+	taskMu    sync.Mutex
+	taskAbort context.CancelFunc // stops the running task (abort_task); nil when idle
+}
+
+// abortTask stops the task being run, if any: its executor sees its
+// context cancelled and the server gets TASK_ABORTED.
+func (c *Client) abortTask() bool {
+	c.taskMu.Lock()
+	defer c.taskMu.Unlock()
+	if c.taskAbort == nil {
+		return false
+	}
+	c.taskAbort()
+	return true
 }
 
 func (c *Client) logf(format string, args ...any) {
@@ -237,10 +253,22 @@ func (c *Client) runTask(ctx context.Context, task *fedlearn.CurrentTask) error 
 		result.SetHeader(HeaderRC, RCTaskUnknown)
 	} else {
 		c.logf("client %s: running task %s", c.Name, task.TaskName)
-		r, err := ex.Execute(ctx, task.TaskName, sh, fl)
+		taskCtx, abort := context.WithCancel(ctx)
+		c.taskMu.Lock()
+		c.taskAbort = abort
+		c.taskMu.Unlock()
+		r, err := ex.Execute(taskCtx, task.TaskName, sh, fl)
+		c.taskMu.Lock()
+		c.taskAbort = nil
+		c.taskMu.Unlock()
+		aborted := taskCtx.Err() != nil
+		abort()
 		switch {
 		case ctx.Err() != nil:
 			return ctx.Err()
+		case aborted:
+			c.logf("client %s: task %s aborted", c.Name, task.TaskName)
+			result.SetHeader(HeaderRC, RCTaskAborted)
 		case err != nil:
 			c.logf("client %s: task %s failed: %v", c.Name, task.TaskName, err)
 			result.SetHeader(HeaderRC, RCExecutionException)

@@ -63,6 +63,9 @@ func (s *Server) Console(workspace string, build func(appDir string) (*ServerCon
 			cmd("shutdown", "shutdown server|client|all", "shutdown the FL server/client", "auth", s.cmdShutdown),
 			cmd("remove_client", "remove_client <client-name>", "remove a FL client", "auth", s.cmdRemoveClient),
 			cmd("set_timeout", "set_timeout seconds ", "set the admin commands timeout", "", s.cmdSetTimeout),
+			cmd("abort_task", "abort_task <client-name>", "abort the client current task execution", "", s.cmdAbortTask),
+			cmd("delete_run_number", "delete_run_number number", "delete a run", "auth", s.cmdDeleteRun),
+			{Scope: "sys", Name: "sys_info", Usage: "sys_info server|client <client-name> ...", Desc: "get the system info", Visible: true, Handler: s.cmdSysInfo},
 		},
 	}
 }
@@ -578,4 +581,115 @@ func (s *Server) cmdSetTimeout(c *hci.Conn) {
 	s.mu.Unlock()
 	c.String("admin command timeout has been set to: %v", v)
 	c.Success("")
+}
+
+// cmdAbortTask stops the task clients are running; their apps go on and
+// take the next task.
+func (s *Server) cmdAbortTask(c *hci.Conn) {
+	if len(c.Args) < 2 {
+		c.Error("syntax error: missing site names")
+		return
+	}
+	t, err := s.targets(append([]string{"client"}, c.Args[1:]...))
+	if err != nil {
+		c.Error("%v", err)
+		return
+	}
+	s.tableToClients(c, t.clients, newAdminMessage(TopicAbortTask, s.runNumberString(), nil))
+}
+
+// cmdDeleteRun removes a run's folder here and on every client.
+func (s *Server) cmdDeleteRun(c *hci.Conn) {
+	if len(c.Args) != 2 {
+		c.Error("syntax error: missing run number")
+		return
+	}
+	n, err := strconv.Atoi(c.Args[1])
+	if err != nil || n <= 0 {
+		c.Error("run number must be an integer > 0")
+		return
+	}
+	s.mu.Lock()
+	busy := s.running() && s.run.number == n
+	s.mu.Unlock()
+	if busy {
+		c.Error("Current running run_number can not be deleted.")
+		return
+	}
+	if err := os.RemoveAll(s.runDir(n)); err != nil {
+		c.Error("%v", err)
+		return
+	}
+	if clients := s.allClients(); len(clients) > 0 {
+		s.tableToClients(c, clients, newAdminMessage(TopicDeleteRun, strconv.Itoa(n), nil))
+	}
+	c.Success("")
+}
+
+// cmdSysInfo shows memory facts (NVFlare shows psutil.virtual_memory())
+// of the server or of clients.
+func (s *Server) cmdSysInfo(c *hci.Conn) {
+	if len(c.Args) < 2 {
+		c.Error("syntax error: missing site names")
+		return
+	}
+	table := func(info map[string]any) {
+		keys := make([]string, 0, len(info))
+		for k := range info {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		rows := make([][]string, 0, len(keys)+1)
+		for _, k := range keys {
+			rows = append(rows, []string{k, fmt.Sprint(info[k])})
+		}
+		if total, ok := info["total"].(float64); ok && total > 0 {
+			if avail, ok := info["available"].(float64); ok {
+				rows = append(rows, []string{"available_percent", fmt.Sprintf("%.1f", avail*100/total)})
+			}
+		}
+		c.Table([]string{"Metrics", "Value"}, rows)
+	}
+	if c.Args[1] == "server" {
+		info := map[string]any{}
+		for k, v := range sysInfo() {
+			info[k] = toFloat(v)
+		}
+		table(info)
+		return
+	}
+	if c.Args[1] != "client" {
+		c.String("invalid target type %s. Usage: sys_info server|client <client-name>", c.Args[1])
+		return
+	}
+	t, err := s.targets(c.Args[1:])
+	if err != nil {
+		c.Error("%v", err)
+		return
+	}
+	replies := s.request(t.clients, newAdminMessage(TopicSysInfo, s.runNumberString(), nil))
+	for i, cl := range t.clients {
+		c.String("Client: %s", cl.name)
+		var info map[string]any
+		switch {
+		case replies[i] == nil:
+			c.String(": No replies")
+		case json.Unmarshal(replies[i].Body, &info) != nil:
+			c.String(": Bad replies")
+		default:
+			table(info)
+		}
+	}
+}
+
+func toFloat(v any) any {
+	switch x := v.(type) {
+	case int:
+		return float64(x)
+	case int64:
+		return float64(x)
+	case uint64:
+		return float64(x)
+	}
+	return v
 }

@@ -80,17 +80,20 @@ func replyText(items []hci.Item) string {
 }
 
 // startAdminClients runs site-1 and site-2 on the admin channel of the
-// server at addr, their train tasks taking delay.
-func startAdminClients(t *testing.T, srv *Server, addr string, delay time.Duration) (context.CancelFunc, chan error) {
+// server at addr, their train tasks run by ex; it returns their
+// workspaces.
+func startAdminClients(t *testing.T, srv *Server, addr string, ex Executor) (chan error, []string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	clientDone := make(chan error, 2)
+	var wss []string
 	for _, name := range []string{"site-1", "site-2"} {
 		c := &Client{Name: name, Target: addr, Logf: t.Logf, Heartbeat: time.Second}
 		ws := t.TempDir()
+		wss = append(wss, ws)
 		go func() {
 			clientDone <- c.RunAdmin(ctx, AdminHandler{Workspace: ws, Start: func(string) (map[string]Executor, error) {
-				return map[string]Executor{"train": addExecutor{delta: 1, steps: 1, delay: delay}}, nil
+				return map[string]Executor{"train": ex}, nil
 			}})
 		}()
 	}
@@ -99,7 +102,7 @@ func startAdminClients(t *testing.T, srv *Server, addr string, delay time.Durati
 			t.Fatal("clients did not register")
 		}
 	}
-	return cancel, clientDone
+	return clientDone, wss
 }
 
 // waitShutdown waits for the server and both admin-channel clients to
@@ -141,7 +144,7 @@ func waitStopped(t *testing.T, cl *hci.Client) {
 func TestConsoleServesNVFlareAdminAPIRequests(t *testing.T) {
 	p := &memPersistor{init: initModel()}
 	srv, addr, cl, done := startConsole(t, p, 0)
-	_, clientDone := startAdminClients(t, srv, addr, 0)
+	clientDone, _ := startAdminClients(t, srv, addr, addExecutor{delta: 1, steps: 1})
 	admin := cl.Addr
 	want := []string{
 		"string: REJECT",
@@ -234,7 +237,7 @@ func checkUnzipped(t *testing.T, cmd, dir string) {
 func TestConsoleRepliesShapedLikeNVFlare(t *testing.T) {
 	p := &memPersistor{init: initModel()}
 	srv, addr, cl, done := startConsole(t, p, 0)
-	_, clientDone := startAdminClients(t, srv, addr, 300*time.Millisecond)
+	clientDone, _ := startAdminClients(t, srv, addr, addExecutor{delta: 1, steps: 1, delay: 300 * time.Millisecond})
 	oldTok, tok := "", ""
 	for i := 0; i < 15; i++ {
 		raw := hciFixture(t, "server-replies", fmt.Sprintf("%02d.req", i+1))

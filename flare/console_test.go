@@ -113,7 +113,7 @@ func TestConsoleOrderAbortAndNextRun(t *testing.T) {
 
 	// Two clients on the admin channel; their executor is slow, so the
 	// first run can be aborted mid-round.
-	_, clientDone := startAdminClients(t, srv, addr, 1500*time.Millisecond)
+	clientDone, _ := startAdminClients(t, srv, addr, addExecutor{delta: 1, steps: 1, delay: 1500 * time.Millisecond})
 	do(t, cl, "start_app client", true, "Server app has not started.")
 	do(t, cl, "deploy_app app all", false, `deployed app "app" to Server`)
 	do(t, cl, "start_app all", false, "Start the client app...")
@@ -144,6 +144,66 @@ func TestConsoleOrderAbortAndNextRun(t *testing.T) {
 	do(t, cl, "shutdown server", true, "still active clients")
 	do(t, cl, "shutdown client site-1", false, "Shutdown the client...")
 	do(t, cl, "remove_client site-9", true, "invalid client(s): site-9")
+	do(t, cl, "shutdown all", false, "FL app has been shutdown.")
+	waitShutdown(t, done, clientDone)
+}
+
+// blockExecutor runs until its task is aborted.
+type blockExecutor struct{ started chan string }
+
+func (b blockExecutor) Execute(ctx context.Context, task string, data *Shareable, fl *FLContext) (*Shareable, error) {
+	b.started <- task
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// abort_task stops the clients' tasks (the round then fails with a
+// reason instead of waiting forever); a running run cannot be deleted,
+// a finished one is deleted here and on the clients; sys_info shows
+// memory facts of the server and of each client.
+func TestConsoleAbortTaskDeleteRunSysInfo(t *testing.T) {
+	p := &memPersistor{init: initModel()}
+	srv, addr, cl, done := startConsole(t, p, 0)
+	ex := blockExecutor{started: make(chan string, 2)}
+	clientDone, wss := startAdminClients(t, srv, addr, ex)
+	do(t, cl, "abort_task", true, "syntax error")
+	do(t, cl, "abort_task site-1", false, "site-1 No task is running.")
+	do(t, cl, "set_run_number 1", false, "run_1")
+	do(t, cl, hci.JoinArgs([]string{"_upload_folder", "app", appZip(t, map[string]string{"app/config/config_fed_server.json": "{}", "app/config/config_fed_client.json": "{}"})}), false, "Created folder")
+	do(t, cl, "deploy_app app all", false, "site-2 OK")
+	do(t, cl, "start_app all", false, "Start the client app...")
+	for i := 0; i < 2; i++ {
+		select {
+		case <-ex.started:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the clients did not start their tasks")
+		}
+	}
+	do(t, cl, "delete_run_number 1", true, "Current running run_number can not be deleted.")
+	do(t, cl, "abort_task site-9", true, "invalid client(s): site-9")
+	do(t, cl, "abort_task site-1 site-2", false, "site-2 OK")
+	waitStopped(t, cl)
+	do(t, cl, "check_status server", false, "2 client(s) failed the task")
+	if len(p.saved) != 0 {
+		t.Fatalf("a model was saved after every task was aborted")
+	}
+	for _, dir := range append([]string{srv.runDir(1)}, filepath.Join(wss[0], "run_1"), filepath.Join(wss[1], "run_1")) {
+		if _, err := os.Stat(dir); err != nil {
+			t.Fatalf("before delete_run_number: %v", err)
+		}
+	}
+	do(t, cl, "delete_run_number x", true, "must be an integer")
+	do(t, cl, "delete_run_number 1", false, "site-1 OK")
+	for _, dir := range append([]string{srv.runDir(1)}, filepath.Join(wss[0], "run_1"), filepath.Join(wss[1], "run_1")) {
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("%s after delete_run_number: %v", dir, err)
+		}
+	}
+	do(t, cl, "sys_info", true, "syntax error")
+	do(t, cl, "sys_info server", false, "available_percent")
+	do(t, cl, "sys_info client site-2", false, "Client: site-2")
+	do(t, cl, "sys_info client", false, "total")
+	do(t, cl, "sys_info bogus", false, "invalid target type bogus")
 	do(t, cl, "shutdown all", false, "FL app has been shutdown.")
 	waitShutdown(t, done, clientDone)
 }

@@ -83,6 +83,7 @@ type runState struct {
 	taskData    []byte
 	acc         *accumulator
 	contributed map[string]bool
+	failed      map[string]bool // clients whose result this round was an error (e.g. abort_task)
 	finished    bool
 	ended       map[string]bool // clients told __end_run__
 	cross       *crossSite      // CrossSiteModelEval after the rounds, or nil
@@ -275,7 +276,7 @@ func (s *Server) startRound(run *runState, r int, global *persistor.StateDict) e
 	}
 	s.mu.Lock()
 	run.round, run.taskID, run.taskData, run.acc = r, taskID, data, acc
-	run.contributed = map[string]bool{}
+	run.contributed, run.failed = map[string]bool{}, map[string]bool{}
 	s.notify()
 	s.mu.Unlock()
 	return nil
@@ -292,8 +293,8 @@ func (s *Server) gather(ctx context.Context, run *runState, r int) (*accumulator
 	for {
 		s.mu.Lock()
 		s.dropDead()
-		n, live := len(run.contributed), len(s.clients)
-		allIn := n > 0 && n >= live
+		n, failed, live := len(run.contributed), len(run.failed), len(s.clients)
+		allIn := n > 0 && n+failed >= live
 		ch := s.changed
 		acc := run.acc
 		s.mu.Unlock()
@@ -307,6 +308,9 @@ func (s *Server) gather(ctx context.Context, run *runState, r int) (*accumulator
 				s.mu.Unlock()
 				return acc, n, nil
 			}
+		}
+		if n < sag.MinClients && failed > 0 && n+failed >= live {
+			return nil, 0, fmt.Errorf("round %d: %d result(s) of min_clients %d: %d client(s) failed the task and every other live client answered", r, n, sag.MinClients, failed)
 		}
 		if sag.TrainTimeout > 0 && time.Since(started) > time.Duration(sag.TrainTimeout*float64(time.Second)) {
 			return nil, 0, fmt.Errorf("round %d: %d of min_clients %d results within train_timeout %.0f s", r, n, sag.MinClients, sag.TrainTimeout)
@@ -508,7 +512,7 @@ func (s *Server) GetTask(ctx context.Context, req *fedlearn.ClientState) (*fedle
 		}
 		return s.special(TaskEndRun, 0)
 	}
-	if run.acc == nil || run.contributed[c.name] {
+	if run.acc == nil || run.contributed[c.name] || run.failed[c.name] {
 		var t *crossTask
 		if run.cross != nil && run.cross.queued != nil {
 			t = run.cross.next(c.name)
@@ -562,15 +566,21 @@ func (s *Server) SubmitUpdate(ctx context.Context, req *fedlearn.Contribution) (
 			return &fedlearn.FederatedSummary{Comment: s.crossSiteResult(c, sh, id)}, nil
 		}
 	}
-	if rc := sh.ReturnCode(); rc != RCOK {
-		s.logf("client %s: task failed with %s", c.name, rc)
-		return &fedlearn.FederatedSummary{Comment: "result ignored: " + rc}, nil
-	}
 	var tid any
 	var cr any
 	if jar != nil {
 		tid, _ = jar.Get(HeaderTaskID)
 		cr, _ = jar.Get("contribution_round")
+	}
+	if rc := sh.ReturnCode(); rc != RCOK {
+		s.logf("client %s: task failed with %s", c.name, rc)
+		s.mu.Lock()
+		if run := s.run; run != nil && run.acc != nil && tid == run.taskID && !run.contributed[c.name] {
+			run.failed[c.name] = true // not sent again this round
+			s.notify()
+		}
+		s.mu.Unlock()
+		return &fedlearn.FederatedSummary{Comment: "result ignored: " + rc}, nil
 	}
 	if sh.DXO == nil || sh.DXO.Kind != KindWeights {
 		return nil, status.Error(codes.InvalidArgument, "result is not a WEIGHTS DXO")
