@@ -348,6 +348,11 @@ func (c *command) simulate(args []string) error {
 		if err != nil {
 			return err
 		}
+		if simulateObserver != nil {
+			for t, ex := range tasks {
+				tasks[t] = simulateObserver(name, ex)
+			}
+		}
 		cl := &flare.Client{Name: name, Target: lis.Addr().String(), Tasks: tasks, Heartbeat: 30 * time.Second, GiveUp: 30 * time.Second}
 		wg.Add(1)
 		go func(i int) {
@@ -366,6 +371,10 @@ func (c *command) simulate(args []string) error {
 	fmt.Fprintf(c.stderr, "simulation done in %.1f s\n", time.Since(start).Seconds())
 	return nil
 }
+
+// simulateObserver, set by tests, wraps each simulated site's executors
+// to see the tasks and results that cross the wire.
+var simulateObserver func(site string, ex flare.Executor) flare.Executor
 
 // clientTasks builds the executors config_fed_client.json names.
 func clientTasks(cfg *flare.ClientConfig, reg *flare.Registry) (map[string]flare.Executor, error) {
