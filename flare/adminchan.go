@@ -315,7 +315,7 @@ func (c *Client) RunAdmin(ctx context.Context, h AdminHandler) error {
 		var msgs *admin.Messages
 		err := c.retry(ctx, "admin poll", func() error {
 			var err error
-			msgs, err = ac.Retrieve(ctx, &admin.Client{ClientName: c.token})
+			msgs, err = ac.Retrieve(ctx, &admin.Client{ClientName: c.currentToken()})
 			return err
 		})
 		if err != nil {
@@ -327,7 +327,7 @@ func (c *Client) RunAdmin(ctx context.Context, h AdminHandler) error {
 				c.logf("client %s: admin %s: %v", c.Name, m.Topic, err)
 				bodyType, body = "str", []byte("ERROR: "+err.Error())
 			}
-			ac.SendReply(ctx, &admin.Reply{ClientName: c.token, Message: &admin.Message{Id: newUUID(), Topic: "reply_" + m.Topic,
+			ac.SendReply(ctx, &admin.Reply{ClientName: c.currentToken(), Message: &admin.Message{Id: newUUID(), Topic: "reply_" + m.Topic,
 				BodyType: bodyType, Body: body, Headers: map[string]string{"_refMsgId": m.Id}}})
 			if stop {
 				return nil

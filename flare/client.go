@@ -36,12 +36,20 @@ type Client struct {
 	// GiveUp bounds how long the server may be unreachable (default 5 min).
 	GiveUp time.Duration
 
-	conn  *grpc.ClientConn
-	fl    fedlearn.FederatedTrainingClient
-	token string
+	conn    *grpc.ClientConn
+	fl      fedlearn.FederatedTrainingClient
+	tokenMu sync.Mutex
+	token   string // from Register; read by the heartbeat and admin goroutines
 
 	taskMu    sync.Mutex
 	taskAbort context.CancelFunc // stops the running task (abort_task); nil when idle
+}
+
+// currentToken is the token of the latest registration.
+func (c *Client) currentToken() string {
+	c.tokenMu.Lock()
+	defer c.tokenMu.Unlock()
+	return c.token
 }
 
 // abortTask stops the task being run, if any: its executor sees its
@@ -174,7 +182,9 @@ func (c *Client) register(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		c.tokenMu.Lock()
 		c.token = resp.Token
+		c.tokenMu.Unlock()
 		c.logf("client %s: registered", c.Name)
 		return nil
 	})
@@ -194,14 +204,14 @@ func (c *Client) heartbeat(ctx context.Context) {
 		every = 60 * time.Second
 	}
 	for sleep(ctx, every) == nil {
-		c.fl.Heartbeat(ctx, &fedlearn.Token{Token: c.token, ClientName: c.Name})
+		c.fl.Heartbeat(ctx, &fedlearn.Token{Token: c.currentToken(), ClientName: c.Name})
 	}
 }
 
 // state is the ClientState of GetTask and SubmitUpdate. NVFlare's server
 // unpickles the client's public FLContext from its context["fl_context"].
 func (c *Client) state() *fedlearn.ClientState {
-	st := &fedlearn.ClientState{ClientName: c.Name, Token: c.token, Meta: c.meta()}
+	st := &fedlearn.ClientState{ClientName: c.Name, Token: c.currentToken(), Meta: c.meta()}
 	if b, err := c.flContext(); err == nil {
 		st.Context = map[string]*fedlearn.NDArray{"fl_context": {Ndarray: b}}
 	}
@@ -212,7 +222,7 @@ func (c *Client) state() *fedlearn.ClientState {
 // sends it: run number, identity, client name and token, all public.
 func (c *Client) flContext() ([]byte, error) {
 	return EncodeFLContext(&FLContext{Props: []Prop{
-		{"__run_num__", int64(1), 1}, {"__identity_name__", c.Name, 1}, {"__client_name__", c.Name, 1}, {"fl_token", c.token, 1}}})
+		{"__run_num__", int64(1), 1}, {"__identity_name__", c.Name, 1}, {"__client_name__", c.Name, 1}, {"fl_token", c.currentToken(), 1}}})
 }
 
 // getTask asks for work, registering again if the server forgot us (it

@@ -30,7 +30,7 @@ func TestInteropSimulatedModelLoadsInTorch(t *testing.T) {
 	}
 	must("samples", "--n", "2", filepath.Join(dir, "data", "site-1"))
 	must("samples", "--n", "2", "--seed", "2", filepath.Join(dir, "data", "site-2"))
-	must("simulate", job, "-n", "2", "--data", filepath.Join(dir, "data"), "--key-file", key, "--set", "wait_time_after_min_received=0")
+	must("simulate", job, "-n", "2", "--data", filepath.Join(dir, "data"), "--key-file", key, "--set", "wait_time_after_min_received=0", "--set", "num_rounds=2")
 
 	plain := filepath.Join(dir, "global.pt")
 	peertool.Run(t, "fernet-decrypt", key, filepath.Join(dir, "output", "model_parameters.pt.enc"), plain)

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 )
 
 const usage = `usage: flarego COMMAND [arguments]
@@ -59,7 +60,10 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	c := &command{stdout: stdout, stderr: stderr}
+	// Servers and clients log from many goroutines: one lock for both
+	// streams keeps lines whole (and tests' buffers safe).
+	var mu sync.Mutex
+	c := &command{stdout: &lockedWriter{mu: &mu, w: stdout}, stderr: &lockedWriter{mu: &mu, w: stderr}}
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
@@ -137,4 +141,16 @@ func parse(fs *flag.FlagSet, args []string, min, max int) ([]string, error) {
 		return nil, fmt.Errorf("%w: wrong number of arguments", errUsage)
 	}
 	return pos, nil
+}
+
+// lockedWriter serialises writes to w.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
