@@ -9,7 +9,7 @@ FUZZTIME  ?= 10s
 # Debian packages the interop checks run against (the real peers).
 PY_DEBS   := python3-torch python3-torchvision python3-cryptography python3-numpy libjemalloc2
 
-.PHONY: all build test fuzz interop python-peers bench demo proto lint clean
+.PHONY: all build test race fuzz interop python-peers bench demo proto lint clean
 
 all: build
 
@@ -24,6 +24,11 @@ test:
 	GOEXPERIMENT= $(GO) test ./model/...
 	$(GO) test -race ./persistor/... ./model/... ./flare/...
 	$(MAKE) --no-print-directory fuzz
+
+# The command's end-to-end tests under the race detector (≈ 8 min on 2
+# cores: many servers and clients in one process); CI runs it.
+race:
+	$(GO) test -race -timeout 30m ./worker
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodePT$$' -fuzztime $(FUZZTIME) ./persistor

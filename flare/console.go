@@ -548,18 +548,25 @@ func (s *Server) removeClients(clients []*clientEntry) {
 	s.mu.Unlock()
 }
 
-func (s *Server) cmdRemoveClient(c *hci.Conn) {
+// namedClients are the clients a command's arguments name (at least one).
+func (s *Server) namedClients(c *hci.Conn) ([]*clientEntry, bool) {
 	if len(c.Args) < 2 {
 		c.Error("syntax error: missing site names")
-		return
+		return nil, false
 	}
 	t, err := s.targets(append([]string{"client"}, c.Args[1:]...))
 	if err != nil {
 		c.Error("%v", err)
-		return
+		return nil, false
 	}
-	s.removeClients(t.clients)
-	c.Success("")
+	return t.clients, true
+}
+
+func (s *Server) cmdRemoveClient(c *hci.Conn) {
+	if clients, ok := s.namedClients(c); ok {
+		s.removeClients(clients)
+		c.Success("")
+	}
 }
 
 func (s *Server) cmdSetTimeout(c *hci.Conn) {
@@ -586,16 +593,9 @@ func (s *Server) cmdSetTimeout(c *hci.Conn) {
 // cmdAbortTask stops the task clients are running; their apps go on and
 // take the next task.
 func (s *Server) cmdAbortTask(c *hci.Conn) {
-	if len(c.Args) < 2 {
-		c.Error("syntax error: missing site names")
-		return
+	if clients, ok := s.namedClients(c); ok {
+		s.tableToClients(c, clients, newAdminMessage(TopicAbortTask, s.runNumberString(), nil))
 	}
-	t, err := s.targets(append([]string{"client"}, c.Args[1:]...))
-	if err != nil {
-		c.Error("%v", err)
-		return
-	}
-	s.tableToClients(c, t.clients, newAdminMessage(TopicAbortTask, s.runNumberString(), nil))
 }
 
 // cmdDeleteRun removes a run's folder here and on every client.
