@@ -641,7 +641,11 @@ func (s *Server) cmdSysInfo(c *hci.Conn) {
 		sort.Strings(keys)
 		rows := make([][]string, 0, len(keys)+1)
 		for _, k := range keys {
-			rows = append(rows, []string{k, fmt.Sprint(info[k])})
+			v := fmt.Sprint(info[k])
+			if f, ok := info[k].(float64); ok {
+				v = strconv.FormatFloat(f, 'f', -1, 64) // 25276502016, not 2.5276502016e+10
+			}
+			rows = append(rows, []string{k, v})
 		}
 		if total, ok := info["total"].(float64); ok && total > 0 {
 			if avail, ok := info["available"].(float64); ok {

@@ -201,6 +201,9 @@ func TestConsoleAbortTaskDeleteRunSysInfo(t *testing.T) {
 	}
 	do(t, cl, "sys_info", true, "syntax error")
 	do(t, cl, "sys_info server", false, "available_percent")
+	if r, _ := cl.Do("sys_info server"); strings.Contains(replyText(r.Items), "e+") {
+		t.Errorf("sys_info shows numbers in exponent form:\n%s", replyText(r.Items))
+	}
 	do(t, cl, "sys_info client site-2", false, "Client: site-2")
 	do(t, cl, "sys_info client", false, "total")
 	do(t, cl, "sys_info bogus", false, "invalid target type bogus")

@@ -92,8 +92,7 @@ func (s *Server) crossSiteEval(ctx context.Context, run *runState, global *persi
 	start := time.Now()
 	participants := args.ParticipatingClients
 	for wait := time.Now(); len(participants) == 0; {
-		participants = s.liveClientNames()
-		if len(participants) > 0 {
+		if participants = s.liveClientNames(); len(participants) > 0 {
 			break
 		}
 		if time.Since(wait) > time.Duration(args.WaitForClientsTimeout*float64(time.Second)) {
@@ -350,12 +349,9 @@ func metricCell(m map[string]any) string {
 }
 
 func (s *Server) liveClientNames() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	var names []string
-	for _, c := range s.clients {
+	for _, c := range s.allClients() {
 		names = append(names, c.name)
 	}
-	sort.Strings(names)
 	return names
 }

@@ -558,19 +558,15 @@ func (s *Server) SubmitUpdate(ctx context.Context, req *fedlearn.Contribution) (
 		s.logf("client %s: rejected result: %v", c.name, err)
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	jar := sh.CookieJar()
-	if jar != nil {
-		if wf, _ := jar.Get(HeaderWorkflow); wf == workflowCrossSite {
-			tid, _ := jar.Get(HeaderTaskID)
-			id, _ := tid.(string)
-			return &fedlearn.FederatedSummary{Comment: s.crossSiteResult(c, sh, id)}, nil
-		}
-	}
-	var tid any
-	var cr any
-	if jar != nil {
+	var tid, cr, wf any
+	if jar := sh.CookieJar(); jar != nil {
 		tid, _ = jar.Get(HeaderTaskID)
 		cr, _ = jar.Get("contribution_round")
+		wf, _ = jar.Get(HeaderWorkflow)
+	}
+	if wf == workflowCrossSite {
+		id, _ := tid.(string)
+		return &fedlearn.FederatedSummary{Comment: s.crossSiteResult(c, sh, id)}, nil
 	}
 	if rc := sh.ReturnCode(); rc != RCOK {
 		s.logf("client %s: task failed with %s", c.name, rc)
