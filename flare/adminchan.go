@@ -449,13 +449,14 @@ func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, st *adminSta
 		if err != nil || n <= 0 {
 			return "", nil, false, fmt.Errorf("bad run number %q", m.Headers["run_number"])
 		}
-		if *started && strconv.Itoa(n) == *run {
+		num := strconv.Itoa(n)
+		if *started && num == *run {
 			return "str", []byte("Current running run_number can not be deleted."), false, nil
 		}
-		if err := os.RemoveAll(filepath.Join(h.Workspace, "run_"+strconv.Itoa(n))); err != nil {
+		if err := os.RemoveAll(filepath.Join(h.Workspace, "run_"+num)); err != nil {
 			return "", nil, false, err
 		}
-		if strconv.Itoa(n) == *run {
+		if num == *run {
 			*appDir = ""
 		}
 		return "str", []byte("OK"), false, nil

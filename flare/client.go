@@ -36,27 +36,26 @@ type Client struct {
 	// GiveUp bounds how long the server may be unreachable (default 5 min).
 	GiveUp time.Duration
 
-	conn    *grpc.ClientConn
-	fl      fedlearn.FederatedTrainingClient
-	tokenMu sync.Mutex
-	token   string // from Register; read by the heartbeat and admin goroutines
-
-	taskMu    sync.Mutex
+	conn *grpc.ClientConn
+	fl   fedlearn.FederatedTrainingClient
+	// mu guards what the heartbeat, admin and work goroutines share.
+	mu        sync.Mutex
+	token     string             // from Register
 	taskAbort context.CancelFunc // stops the running task (abort_task); nil when idle
 }
 
 // currentToken is the token of the latest registration.
 func (c *Client) currentToken() string {
-	c.tokenMu.Lock()
-	defer c.tokenMu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	return c.token
 }
 
 // abortTask stops the task being run, if any: its executor sees its
 // context cancelled and the server gets TASK_ABORTED.
 func (c *Client) abortTask() bool {
-	c.taskMu.Lock()
-	defer c.taskMu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.taskAbort == nil {
 		return false
 	}
@@ -182,9 +181,9 @@ func (c *Client) register(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		c.tokenMu.Lock()
+		c.mu.Lock()
 		c.token = resp.Token
-		c.tokenMu.Unlock()
+		c.mu.Unlock()
 		c.logf("client %s: registered", c.Name)
 		return nil
 	})
@@ -264,13 +263,13 @@ func (c *Client) runTask(ctx context.Context, task *fedlearn.CurrentTask) error 
 	} else {
 		c.logf("client %s: running task %s", c.Name, task.TaskName)
 		taskCtx, abort := context.WithCancel(ctx)
-		c.taskMu.Lock()
+		c.mu.Lock()
 		c.taskAbort = abort
-		c.taskMu.Unlock()
+		c.mu.Unlock()
 		r, err := ex.Execute(taskCtx, task.TaskName, sh, fl)
-		c.taskMu.Lock()
+		c.mu.Lock()
 		c.taskAbort = nil
-		c.taskMu.Unlock()
+		c.mu.Unlock()
 		aborted := taskCtx.Err() != nil
 		abort()
 		switch {
