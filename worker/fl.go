@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -157,41 +156,38 @@ func (t *trainer) validate(ctx context.Context, net *model.Net, samples []model.
 	if len(preds) == 0 {
 		return nil, fmt.Errorf("validate: no readable images")
 	}
-	correct, loss := 0, 0.0
-	for _, p := range preds {
+	// The mean cross-entropy is the training loss's (model.CrossEntropy),
+	// over all images at once.
+	classes := len(preds[0].Logits)
+	logits := make([]float32, 0, len(preds)*classes)
+	labels := make([]int, len(preds))
+	correct := 0
+	for i, p := range preds {
+		logits = append(logits, p.Logits...)
+		labels[i] = p.Sample.Class
 		best := 0
-		for i, v := range p.Logits {
+		for k, v := range p.Logits {
 			if v > p.Logits[best] {
-				best = i
+				best = k
 			}
 		}
 		if best == p.Sample.Class {
 			correct++
 		}
-		loss += crossEntropy(p.Logits, p.Sample.Class)
+	}
+	loss, err := model.CrossEntropy(logits, labels, classes, make([]float32, len(logits)))
+	if err != nil {
+		return nil, fmt.Errorf("validate: %w", err)
 	}
 	acc := float64(correct) / float64(len(preds))
 	if owner == "" {
 		owner = "an unnamed owner"
 	}
-	t.logf("validate: model of %s: accuracy %.1f%%, loss %.4f on %d images in %.1f s", owner, 100*acc, loss/float64(len(preds)), len(preds), time.Since(start).Seconds())
+	t.logf("validate: model of %s: accuracy %.1f%%, loss %.4f on %d images in %.1f s", owner, 100*acc, loss, len(preds), time.Since(start).Seconds())
 	out := flare.NewShareable()
-	out.DXO = flare.MetricsDXO(pickle.Item{Key: metricAccuracy, Value: acc}, pickle.Item{Key: metricLoss, Value: loss / float64(len(preds))},
+	out.DXO = flare.MetricsDXO(pickle.Item{Key: metricAccuracy, Value: acc}, pickle.Item{Key: metricLoss, Value: loss},
 		pickle.Item{Key: metricImages, Value: int64(len(preds))})
 	return out, nil
-}
-
-// crossEntropy is -log softmax(logits)[class], computed stably.
-func crossEntropy(logits []float32, class int) float64 {
-	m := float64(logits[0])
-	for _, v := range logits {
-		m = math.Max(m, float64(v))
-	}
-	var sum float64
-	for _, v := range logits {
-		sum += math.Exp(float64(v) - m)
-	}
-	return m + math.Log(sum) - float64(logits[class])
 }
 
 // registry builds the job's components: the trainer for a site whose
