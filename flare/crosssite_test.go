@@ -73,29 +73,15 @@ func TestCrossSiteModelEval(t *testing.T) {
 
 	site1 := &siteExec{add: addExecutor{delta: 1, steps: 1}}
 	site2 := &siteExec{add: addExecutor{delta: 4, steps: 1}, offset: 100}
-	var wg sync.WaitGroup
-	errs := make(chan error, 3)
+	var clients []*Client
 	for name, tasks := range map[string]map[string]Executor{
 		"site-1": {"train": site1, "submit_model": site1, "validate": site1},
 		"site-2": {"train": site2, "submit_model": site2, "validate": site2},
 		"site-3": {"train": addExecutor{delta: 7, steps: 1}}, // no submit_model, no validate
 	} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs <- (&Client{Name: name, Target: addr, Tasks: tasks, Logf: t.Logf}).Run(context.Background())
-		}()
+		clients = append(clients, &Client{Name: name, Target: addr, Tasks: tasks, Logf: t.Logf})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	runToEnd(t, done, clients...)
 	b, err := os.ReadFile(filepath.Join(srv.OutputDir, "cross_site_val", "cross_val_results.json"))
 	if err != nil {
 		t.Fatal(err)

@@ -114,25 +114,18 @@ func serveOn(t *testing.T, srv *Server) (string, chan error) {
 	return lis.Addr().String(), done
 }
 
-func initModel() *persistor.StateDict {
-	sd := persistor.NewStateDict()
-	sd.Set("w", persistor.FromFloat32([]float32{1, 2, 3, 4}, 2, 2))
-	sd.Set("bn.num_batches_tracked", persistor.FromInt64([]int64{0}))
-	return sd
-}
-
-func TestScatterAndGatherWeightedMean(t *testing.T) {
-	p := &memPersistor{init: initModel()}
-	_, addr, done := startServer(t, testServerConfig(2, 2, 0), p)
+// runToEnd runs the clients until the run ends, then waits for the
+// server; any error fails the test.
+func runToEnd(t *testing.T, done chan error, clients ...*Client) {
+	t.Helper()
 	var wg sync.WaitGroup
-	errs := make(chan error, 2)
-	for i, ex := range []addExecutor{{delta: 1, steps: 1}, {delta: 4, steps: 3}} {
+	errs := make(chan error, len(clients))
+	for _, c := range clients {
 		wg.Add(1)
-		go func(i int, ex addExecutor) {
+		go func() {
 			defer wg.Done()
-			c := &Client{Name: fmt.Sprintf("site-%d", i+1), Target: addr, Tasks: map[string]Executor{"train": ex}, Logf: t.Logf, Gzip: i == 0}
 			errs <- c.Run(context.Background())
-		}(i, ex)
+		}()
 	}
 	wg.Wait()
 	close(errs)
@@ -144,6 +137,23 @@ func TestScatterAndGatherWeightedMean(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+func initModel() *persistor.StateDict {
+	sd := persistor.NewStateDict()
+	sd.Set("w", persistor.FromFloat32([]float32{1, 2, 3, 4}, 2, 2))
+	sd.Set("bn.num_batches_tracked", persistor.FromInt64([]int64{0}))
+	return sd
+}
+
+func TestScatterAndGatherWeightedMean(t *testing.T) {
+	p := &memPersistor{init: initModel()}
+	_, addr, done := startServer(t, testServerConfig(2, 2, 0), p)
+	var clients []*Client
+	for i, ex := range []addExecutor{{delta: 1, steps: 1}, {delta: 4, steps: 3}} {
+		clients = append(clients, &Client{Name: fmt.Sprintf("site-%d", i+1), Target: addr, Tasks: map[string]Executor{"train": ex}, Logf: t.Logf, Gzip: i == 0})
+	}
+	runToEnd(t, done, clients...)
 	if len(p.saved) != 2 {
 		t.Fatalf("%d models saved, want one per round", len(p.saved))
 	}
