@@ -176,8 +176,19 @@ type target struct {
 	clients []*clientEntry
 }
 
-// targets reads "server", "client [NAME ...]" or "all" as NVFlare does.
-func (s *Server) targets(args []string) (target, error) {
+// targets reads a command's target words; a bad target is reported on c
+// and gives false.
+func (s *Server) targets(c *hci.Conn, args []string) (target, bool) {
+	t, err := s.parseTargets(args)
+	if err != nil {
+		c.Error("%v", err)
+		return target{}, false
+	}
+	return t, true
+}
+
+// parseTargets reads "server", "client [NAME ...]" or "all" as NVFlare does.
+func (s *Server) parseTargets(args []string) (target, error) {
 	if len(args) < 1 {
 		return target{}, errors.New("missing target type (server or client)")
 	}
@@ -292,9 +303,8 @@ func (s *Server) cmdDeploy(c *hci.Conn) {
 		c.Error("Please set a run number.")
 		return
 	}
-	t, err := s.targets(c.Args[2:])
-	if err != nil {
-		c.Error("%v", err)
+	t, ok := s.targets(c, c.Args[2:])
+	if !ok {
 		return
 	}
 	name := c.Args[1]
@@ -346,9 +356,8 @@ func (s *Server) cmdDeploy(c *hci.Conn) {
 }
 
 func (s *Server) cmdStart(c *hci.Conn) {
-	t, err := s.targets(c.Args[1:])
-	if err != nil {
-		c.Error("%v", err)
+	t, ok := s.targets(c, c.Args[1:])
+	if !ok {
 		return
 	}
 	if t.server {
@@ -459,9 +468,8 @@ func (s *Server) cmdCheckStatus(c *hci.Conn) {
 			c.Table([]string{"Client", "Token", "Last Connect Time"}, rows)
 		}
 	case "client":
-		t, err := s.targets(c.Args[1:])
-		if err != nil {
-			c.Error("%v", err)
+		t, ok := s.targets(c, c.Args[1:])
+		if !ok {
 			return
 		}
 		replies := s.request(t.clients, newAdminMessage(TopicCheckStatus, s.runNumberString(), nil))
@@ -488,9 +496,8 @@ func (s *Server) cmdCheckStatus(c *hci.Conn) {
 }
 
 func (s *Server) cmdAbort(c *hci.Conn) {
-	t, err := s.targets(c.Args[1:])
-	if err != nil {
-		c.Error("%v", err)
+	t, ok := s.targets(c, c.Args[1:])
+	if !ok {
 		return
 	}
 	if t.server {
@@ -516,9 +523,8 @@ func (s *Server) cmdAbort(c *hci.Conn) {
 }
 
 func (s *Server) cmdShutdown(c *hci.Conn) {
-	t, err := s.targets(c.Args[1:])
-	if err != nil {
-		c.Error("%v", err)
+	t, ok := s.targets(c, c.Args[1:])
+	if !ok {
 		return
 	}
 	if t.server && len(t.clients) == 0 && len(s.allClients()) > 0 {
@@ -554,9 +560,8 @@ func (s *Server) namedClients(c *hci.Conn) ([]*clientEntry, bool) {
 		c.Error("syntax error: missing site names")
 		return nil, false
 	}
-	t, err := s.targets(append([]string{"client"}, c.Args[1:]...))
-	if err != nil {
-		c.Error("%v", err)
+	t, ok := s.targets(c, append([]string{"client"}, c.Args[1:]...))
+	if !ok {
 		return nil, false
 	}
 	return t.clients, true
@@ -666,9 +671,8 @@ func (s *Server) cmdSysInfo(c *hci.Conn) {
 		c.String("invalid target type %s. Usage: sys_info server|client <client-name>", c.Args[1])
 		return
 	}
-	t, err := s.targets(c.Args[1:])
-	if err != nil {
-		c.Error("%v", err)
+	t, ok := s.targets(c, c.Args[1:])
+	if !ok {
 		return
 	}
 	replies := s.request(t.clients, newAdminMessage(TopicSysInfo, s.runNumberString(), nil))
