@@ -109,6 +109,14 @@ func FuzzUnpickle(f *testing.F) {
 	f.Add([]byte("\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00idq\x01\x85q\x02Rq\x03."))
 	f.Add([]byte("\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00]\x94(K\x01K\x02e."))
 	f.Add([]byte("(lp0\nI1\naI2\na."))
+	// The attacks the limits stop.
+	f.Add(BillionLaughs(80, "ha"))
+	f.Add(BillionLaughs(12, strings.Repeat("x", 1024)))
+	f.Add(HugeLong4(MaxLongBytes + 1))
+	f.Add(HugeDecimal('L', MaxIntDigits+1))
+	f.Add(HugeDecimal('I', MaxIntDigits+1))
+	f.Add(MissingMemo)
+	f.Add([]byte("\x80\x02]q\x00h\x00a."))
 	u := &Unpickler{Allowed: map[Global]any{{Module: "collections", Name: "OrderedDict"}: nil}, MaxBytes: 1 << 16}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		v, _, err := u.Unpickle(data)

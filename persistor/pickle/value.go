@@ -3,7 +3,11 @@
 //
 // Reading goes through github.com/nlpodyssey/gopickle behind a guard:
 // [Unpickler.Unpickle] first walks the opcodes ([Scan]) to check lengths,
-// limits and every global against an allowlist, then lets gopickle build the
+// limits and every global against an allowlist, and runs them on the shape
+// of the values alone, so that memo references to nothing, integers too long
+// to parse cheaply, and pickles that build or stand for too many values or
+// bytes (a few hundred bytes of shared tuples can stand for 2^80 values) are
+// refused before anything is built; then it lets gopickle build the
 // objects, and finally converts them into this package's plain values
 // (None→nil, bool, int64 or *big.Int, float64, string, []byte, [Tuple],
 // [List], [*Dict], [*OrderedDict]). Anything else must be a stand-in the
