@@ -1,9 +1,13 @@
 package persistor
 
 import (
+	"archive/zip"
 	"bytes"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/flarego/flarego/persistor/pickle"
 )
 
 func FuzzDecodePT(f *testing.F) {
@@ -11,6 +15,17 @@ func FuzzDecodePT(f *testing.F) {
 		f.Add(readFixture(f, "torch", name))
 	}
 	f.Add(make([]byte, 1024))
+	// The attacks of ptlimits_test.go.
+	f.Add(zipPT(f, zip.Store, "a/data.pkl", billionLaughs(80)))
+	f.Add(wrappingStridePT(f))
+	f.Add(expandedPT(f, 1<<20, 1<<20))
+	f.Add(expandedPT(f, 4, 4))
+	f.Add(zipPT(f, zip.Store, "a/data.pkl", tensorPickle(f, 4, 0, pickle.Tuple{1 << 40, 1 << 40}, pickle.Tuple{1, 1}), "a/data/0", "0123456789abcdef"))
+	f.Add(overlappingPT(f))
+	f.Add(rawZip(f, make([]byte, 4<<10), 4<<20, 0))
+	f.Add(zipPT(f, zip.Store, "a/data.pkl", "\x80\x02\x8b\x00\x08\x00\x00"+strings.Repeat("Z", 2048)+"."))
+	f.Add(zipPT(f, zip.Store, "a/data.pkl", "\x80\x02}q\x00X\x01\x00\x00\x00wq\x01h\x07s."))
+	f.Add(legacyPT(f, "0", "0"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		v, err := DecodePT(data)
 		if err != nil {

@@ -317,7 +317,7 @@ func TestWrittenPickleStaysInsideTorch2WeightsOnly(t *testing.T) {
 	var pkl []byte
 	for _, f := range zr.File {
 		if strings.HasSuffix(f.Name, "/data.pkl") {
-			pkl, _ = record(buf.Bytes(), f)
+			pkl, _ = newPTDecoder(buf.Len()).record(buf.Bytes(), f)
 		}
 	}
 	_, err := pickle.Walk(pkl, len(pkl), func(op byte, g *pickle.Global) error {

@@ -9,7 +9,9 @@ import (
 	"hash/crc32"
 	"io"
 	"math/big"
+	"math/bits"
 	"os"
+	"sort"
 	"strings"
 
 	"github.com/flarego/flarego/persistor/pickle"
@@ -18,6 +20,17 @@ import (
 
 // ErrNotPT reports bytes that are neither a zip nor a legacy torch file.
 var ErrNotPT = errors.New("not a PyTorch .pt file")
+
+// What a .pt may make the reader allocate beyond the file itself (records
+// inflated and tensors gathered from strided views, together) is at most
+// allocRatio times the file's size plus allocSlack. torch writes records
+// stored, and a state dict holds each tensor once, so real files need
+// nothing of it; a zip whose records inflate past it, or expanded (stride 0)
+// views that repeat a few elements millions of times, are refused.
+const (
+	allocRatio = 8
+	allocSlack = 16 << 20
+)
 
 // legacyMagic is the legacy format's first pickle: PROTO 2, LONG1 of
 // 0x1950a86a20f9469cfc6c.
@@ -87,6 +100,21 @@ type ptDecoder struct {
 	pending  []pendingTensor
 	storages map[string]*storageRef
 	load     func(key string, dtype DType, numel int) (*storageRef, error)
+	// alloc is what the file may still make us allocate (see allocRatio).
+	alloc int64
+}
+
+func newPTDecoder(fileSize int) *ptDecoder {
+	return &ptDecoder{storages: map[string]*storageRef{}, alloc: allocRatio*int64(fileSize) + allocSlack}
+}
+
+// reserve takes n bytes from the allocation budget, or says why not.
+func (d *ptDecoder) reserve(n uint64, what string) error {
+	if n > uint64(d.alloc) {
+		return fmt.Errorf("%s would take %d bytes, more than this file may make us allocate (%d× its size + %d MiB in all)", what, n, allocRatio, allocSlack>>20)
+	}
+	d.alloc -= int64(n)
+	return nil
 }
 
 // callFunc adapts a function to gopickle's Callable.
@@ -211,17 +239,25 @@ func (d *ptDecoder) rebuildTensor(args ...any) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("_rebuild_tensor_v2: %w", err)
 	}
-	// The last element the view touches must lie inside the storage.
-	if n > 0 {
-		last := uint64(off)
-		for i, sz := range size {
-			if stride[i] < 0 || stride[i] > maxElements {
-				return nil, fmt.Errorf("_rebuild_tensor_v2: bad stride %v", stride)
-			}
-			last += uint64(sz-1) * uint64(stride[i])
+	for _, st := range stride {
+		if st < 0 || st > maxElements {
+			return nil, fmt.Errorf("_rebuild_tensor_v2: bad stride %v", stride)
 		}
+	}
+	// The last element the view touches must lie inside the storage. Each
+	// step is checked against the storage, so the sum cannot wrap.
+	if n > 0 {
+		past := fmt.Errorf("tensor of shape %v (offset %d, stride %v) reaches past its storage of %d elements", size, off, stride, s.numel)
+		last := uint64(off)
 		if last >= uint64(s.numel) {
-			return nil, fmt.Errorf("tensor of shape %v (offset %d, stride %v) reaches past its storage of %d elements", size, off, stride, s.numel)
+			return nil, past
+		}
+		for i, sz := range size {
+			hi, step := bits.Mul64(uint64(sz-1), uint64(stride[i]))
+			if hi != 0 || step >= uint64(s.numel)-last {
+				return nil, past
+			}
+			last += step
 		}
 	}
 	t := &Tensor{DType: s.dtype, Shape: size}
@@ -250,9 +286,19 @@ func (d *ptDecoder) materialize() error {
 		}
 		sz := p.t.DType.Size()
 		n := p.t.NumElements()
+		if n == 0 { // torch does not check an empty view's offset
+			p.t.Data = []byte{}
+			continue
+		}
 		if isContiguous(p.t.Shape, p.stride) {
 			p.t.Data = src[p.offset*sz : (p.offset+n)*sz : (p.offset+n)*sz]
 			continue
+		}
+		// torch keeps a strided view over its storage; we gather it, which an
+		// expanded view (stride 0) would turn from a few bytes into terabytes.
+		what := fmt.Sprintf("gathering the view of shape %v (stride %v) of a %d-element storage", p.t.Shape, p.stride, p.storage.numel)
+		if err := d.reserve(uint64(n)*uint64(sz), what); err != nil {
+			return err
 		}
 		out := make([]byte, n*sz)
 		idx := make([]int, len(p.t.Shape))
@@ -295,10 +341,14 @@ func decodeZip(data []byte, zr *zip.Reader) (any, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: zip entries are not in a folder", ErrNotPT)
 	}
+	if err := checkNoOverlap(zr.File, len(data)); err != nil {
+		return nil, err
+	}
 	files := make(map[string]*zip.File, len(zr.File))
 	for _, f := range zr.File {
 		files[f.Name] = f
 	}
+	d := newPTDecoder(len(data))
 	if _, ok := files[prefix+"/constants.pkl"]; ok {
 		return nil, errors.New("TorchScript archives are not supported (save a state dict instead)")
 	}
@@ -307,7 +357,7 @@ func decodeZip(data []byte, zr *zip.Reader) (any, error) {
 		return nil, fmt.Errorf("%w: no %s/data.pkl", ErrNotPT, prefix)
 	}
 	if bo, ok := files[prefix+"/byteorder"]; ok {
-		b, err := record(data, bo)
+		b, err := d.record(data, bo)
 		if err != nil {
 			return nil, err
 		}
@@ -315,13 +365,12 @@ func decodeZip(data []byte, zr *zip.Reader) (any, error) {
 			return nil, fmt.Errorf("byte order %q is not supported", b)
 		}
 	}
-	d := &ptDecoder{storages: map[string]*storageRef{}}
 	d.load = func(key string, dtype DType, n int) (*storageRef, error) {
 		f, ok := files[prefix+"/data/"+key]
 		if !ok {
 			return nil, fmt.Errorf("storage record %s/data/%s is missing", prefix, key)
 		}
-		b, err := record(data, f)
+		b, err := d.record(data, f)
 		if err != nil {
 			return nil, err
 		}
@@ -330,7 +379,7 @@ func decodeZip(data []byte, zr *zip.Reader) (any, error) {
 		}
 		return &storageRef{dtype: dtype, numel: n, data: b}, nil
 	}
-	p, err := record(data, pkl)
+	p, err := d.record(data, pkl)
 	if err != nil {
 		return nil, err
 	}
@@ -344,9 +393,40 @@ func decodeZip(data []byte, zr *zip.Reader) (any, error) {
 	return v, nil
 }
 
+// checkNoOverlap refuses a zip whose entries share bytes, or run past its
+// end. torch writes each record once, one after the other; entries that
+// overlap (one deflate stream read as many records, local headers inside
+// another entry's data) are how a small zip stands for gigabytes.
+func checkNoOverlap(fs []*zip.File, size int) error {
+	type span struct {
+		start, end uint64
+		name       string
+	}
+	spans := make([]span, 0, len(fs))
+	for _, f := range fs {
+		off, err := f.DataOffset()
+		if err != nil {
+			return fmt.Errorf("%w: entry %s: %v", ErrNotPT, f.Name, err)
+		}
+		if off < 0 || f.CompressedSize64 > uint64(size) || uint64(off) > uint64(size)-f.CompressedSize64 {
+			return fmt.Errorf("record %s: size %d runs past the end of the file (truncated?)", f.Name, f.CompressedSize64)
+		}
+		spans = append(spans, span{uint64(off), uint64(off) + f.CompressedSize64, f.Name})
+	}
+	sort.Slice(spans, func(i, j int) bool { return spans[i].start < spans[j].start })
+	for i := 1; i < len(spans); i++ {
+		if prev := spans[i-1]; spans[i].start < prev.end {
+			return fmt.Errorf("records %s and %s overlap in the zip (a zip bomb?)", prev.name, spans[i].name)
+		}
+	}
+	return nil
+}
+
 // record returns a zip entry's bytes: a slice of data for stored entries,
-// a bounded inflate for deflated ones. The CRC is checked either way.
-func record(data []byte, f *zip.File) ([]byte, error) {
+// an inflate bounded by the allocation budget for deflated ones, allocated
+// as the bytes come rather than as the header declares. The CRC is checked
+// either way.
+func (d *ptDecoder) record(data []byte, f *zip.File) ([]byte, error) {
 	var b []byte
 	switch f.Method {
 	case zip.Store:
@@ -360,18 +440,32 @@ func record(data []byte, f *zip.File) ([]byte, error) {
 		}
 		b = data[off:end:end]
 	case zip.Deflate:
-		if f.UncompressedSize64 > 1100*f.CompressedSize64+1024 || f.UncompressedSize64 > uint64(len(data))*1100 {
+		// Deflate expands at most 1032 to 1; checkNoOverlap bounded the
+		// compressed size by the file's.
+		if f.UncompressedSize64 > 1100*f.CompressedSize64+1024 {
 			return nil, fmt.Errorf("record %s: claims an impossible size %d", f.Name, f.UncompressedSize64)
+		}
+		if err := d.reserve(f.UncompressedSize64, "inflating record "+f.Name); err != nil {
+			return nil, err
 		}
 		rc, err := f.Open()
 		if err != nil {
 			return nil, fmt.Errorf("record %s: %w", f.Name, err)
 		}
 		defer rc.Close()
-		b = make([]byte, f.UncompressedSize64)
-		if _, err := io.ReadFull(rc, b); err != nil {
+		var buf bytes.Buffer
+		buf.Grow(int(min(f.UncompressedSize64, 1<<20)))
+		_, err = buf.ReadFrom(io.LimitReader(rc, int64(f.UncompressedSize64)+1))
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("record %s: inflates to fewer bytes than the %d its header declares (truncated?)", f.Name, f.UncompressedSize64)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("record %s: %w", f.Name, err)
 		}
+		if uint64(buf.Len()) != f.UncompressedSize64 {
+			return nil, fmt.Errorf("record %s: inflates to %d bytes, not the %d its header declares", f.Name, buf.Len(), f.UncompressedSize64)
+		}
+		b = buf.Bytes()
 	default:
 		return nil, fmt.Errorf("record %s: compression method %d is not supported", f.Name, f.Method)
 	}
@@ -382,7 +476,7 @@ func record(data []byte, f *zip.File) ([]byte, error) {
 }
 
 func decodeLegacy(data []byte) (any, error) {
-	d := &ptDecoder{storages: map[string]*storageRef{}}
+	d := newPTDecoder(len(data))
 	d.load = func(key string, dtype DType, n int) (*storageRef, error) {
 		return &storageRef{dtype: dtype, numel: n}, nil
 	}
@@ -427,12 +521,19 @@ func decodeLegacy(data []byte) (any, error) {
 	if !ok {
 		return nil, errors.New("legacy format: storage keys are not a list")
 	}
+	listed := make(map[string]bool, len(keys))
 	for _, kv := range keys {
 		key, _ := kv.(string)
 		s, ok := d.storages[key]
 		if !ok || s.root != nil {
 			return nil, fmt.Errorf("legacy format: unknown storage %v", kv)
 		}
+		// torch reads one storage's bytes per key, so a key listed twice
+		// would take the next storage's; it refuses that, and so do we.
+		if listed[key] {
+			return nil, fmt.Errorf("legacy format: storage %s is listed twice", key)
+		}
+		listed[key] = true
 		if len(data)-pos < 8 {
 			return nil, fmt.Errorf("legacy format: storage %s truncated", key)
 		}
