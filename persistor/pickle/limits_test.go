@@ -180,3 +180,27 @@ func TestMissingMemoIndexRefused(t *testing.T) {
 		}
 	}
 }
+
+func TestDefaultLimitsPassLargeRealMessages(t *testing.T) {
+	// The shape of 200 clients' results: each 18 named arrays (dtype,
+	// shape, 4 KiB of data) and a few metrics, as one dict.
+	clients := &Dict{}
+	for c := range 200 {
+		arrays := &Dict{}
+		for a := range 18 {
+			arrays.Set(string(rune('a'+a))+".weight", Tuple{"float32", Tuple{int64(32), int64(32)}, bytes.Repeat([]byte{byte(c), byte(a)}, 2048)})
+		}
+		metrics := &Dict{Items: []Item{{"val_loss", 0.25}, {"val_acc", 0.9}, {"n", int64(1000)}}}
+		clients.Set("site-"+strings.Repeat("x", c%7)+string(rune('0'+c%10)), &Dict{Items: []Item{{"data", arrays}, {"meta", metrics}}})
+	}
+	var buf bytes.Buffer
+	e := NewEncoder(&buf)
+	e.Protocol = 3 // as NVFlare sends Shareables
+	if err := e.Encode(clients); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	if _, _, err := plainUnpickler().Unpickle(b); err != nil {
+		t.Fatalf("%d-byte pickle of 200 clients' results: %v", len(b), err)
+	}
+}
