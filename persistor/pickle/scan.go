@@ -160,7 +160,13 @@ func walk(data []byte, max int, visit func(op byte, arg []byte, g *Global) error
 			arg = data[p : p+info.fixed]
 			p += info.fixed
 		case argLen1, argLen4, argLen8:
-			w := map[int]uint64{argLen1: 1, argLen4: 4, argLen8: 8}[info.kind]
+			w := uint64(1)
+			switch info.kind {
+			case argLen4:
+				w = 4
+			case argLen8:
+				w = 8
+			}
 			if err := need(w); err != nil {
 				return 0, err
 			}
