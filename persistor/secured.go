@@ -148,8 +148,13 @@ func (p *SecuredPersistor) Inventory() ([]ModelDescriptor, error) {
 // timestamp below 2^32 seconds).
 const tokenPrefix = "gAAAAA"
 
-// IsTokenFile reports whether the named file holds a Fernet token.
+// IsTokenFile reports whether the named file holds a Fernet token. Only a
+// regular file can hold a model: opening a FIFO would wait for a writer
+// forever, and a device could be read without end.
 func IsTokenFile(path string) (bool, error) {
+	if err := checkRegular(path); err != nil {
+		return false, err
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return false, err
@@ -158,6 +163,18 @@ func IsTokenFile(path string) (bool, error) {
 	head := make([]byte, len(tokenPrefix))
 	n, _ := io.ReadFull(f, head)
 	return IsToken(head[:n]), nil
+}
+
+// checkRegular refuses a path that is not a regular file (after symlinks).
+func checkRegular(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file (%s)", path, st.Mode().Type())
+	}
+	return nil
 }
 
 // IsToken reports whether data looks like a Fernet token rather than a .pt.

@@ -6,7 +6,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func pneumonia(t *testing.T) *StateDict {
@@ -130,5 +132,35 @@ func TestSecuredPersistorLoadErrors(t *testing.T) {
 	init := func() (*StateDict, error) { return pneumonia(t), nil }
 	if c, err := (&SecuredPersistor{Init: init}).Load(); err != nil || c.Model.Len() != 18 {
 		t.Errorf("init: %v", err)
+	}
+}
+
+func TestModelFilesMustBeRegular(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "model.pt")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skipf("no FIFOs here: %v", err)
+	}
+	done := make(chan error, 3)
+	go func() {
+		_, err := ReadMaybeEncrypted(fifo, nil)
+		done <- err
+	}()
+	go func() {
+		_, err := ReadCheckpointFile(fifo, nil)
+		done <- err
+	}()
+	go func() {
+		_, err := ReadPTFile(fifo)
+		done <- err
+	}()
+	for range 3 {
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "model.pt is not a regular file") {
+				t.Errorf("err %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("reading a FIFO hangs")
+		}
 	}
 }
