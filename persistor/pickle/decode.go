@@ -38,15 +38,17 @@ type Unpickler struct {
 	PersistentLoad func(pid any) (any, error)
 	// MaxBytes bounds the pickle's length; 0 means DefaultMaxBytes.
 	MaxBytes int
-	// MaxValues bounds the values the pickle builds (every object, and every
-	// memo reference it pushes) and the values of its result walked as a tree,
-	// where a subtree shared through the memo counts each time it is reached;
-	// 0 means DefaultMaxValues. Both are checked on the opcodes, before
-	// anything is built.
+	// MaxValues bounds, each on its own, the values the pickle builds (every
+	// object, and every memo reference it pushes), the values of its result
+	// walked as a tree, where a subtree shared through the memo counts each
+	// time it is reached, and the values it passes to the objects it rebuilds
+	// (REDUCE, NEWOBJ, BUILD and persistent ids, all calls together, counted
+	// the same way); 0 means DefaultMaxValues. All are checked on the
+	// opcodes, before anything is built.
 	MaxValues int
-	// MaxValueBytes bounds the string and bytes content of the result walked
-	// as a tree, shared strings counted each time they are reached; 0 means
-	// DefaultValueBytes(len(pickle)).
+	// MaxValueBytes bounds the string and bytes content of the result, and of
+	// what it passes to the objects it rebuilds, counted as MaxValues counts;
+	// 0 means DefaultValueBytes(len(pickle)).
 	MaxValueBytes int64
 }
 
@@ -86,11 +88,12 @@ func (u *Unpickler) Unpickle(data []byte) (v any, n int, err error) {
 		}
 		return nil, fmt.Errorf("%w: %s.%s", ErrForbidden, module, name)
 	}
+	pids := &budget{left: lim.Values} // for all persistent ids together
 	up.PersistentLoad = func(pid any) (any, error) {
 		if u.PersistentLoad == nil {
 			return nil, errors.New("pickle: persistent ids are not allowed here")
 		}
-		id, err := convert(pid, 0, &budget{left: lim.Values})
+		id, err := convert(pid, 0, pids)
 		if err != nil {
 			return nil, err
 		}

@@ -204,3 +204,30 @@ func TestDefaultLimitsPassLargeRealMessages(t *testing.T) {
 		t.Fatalf("%d-byte pickle of 200 clients' results: %v", len(b), err)
 	}
 }
+
+func TestDroppedCallArgumentsBounded(t *testing.T) {
+	// A shared tuple of 2^17 values handed to persistent_load 100 times,
+	// each result dropped: the result is None, but each call would convert
+	// the tuple again.
+	laughs := BillionLaughs(16, "ha")
+	data := append([]byte{}, laughs[:len(laughs)-1]...)
+	data = append(data, '0')
+	for range 100 {
+		data = append(data, 'h', 16, 'Q', '0')
+	}
+	data = append(data, 'N', '.')
+	calls := 0
+	u := &Unpickler{PersistentLoad: func(pid any) (any, error) { calls++; return nil, nil }}
+	_, _, err := u.Unpickle(data)
+	if err == nil || !strings.Contains(err.Error(), "to the objects it rebuilds") {
+		t.Fatalf("err %v", err)
+	}
+	if calls != 0 {
+		t.Errorf("persistent_load called %d times before the refusal", calls)
+	}
+	// Three small ones are fine.
+	data = []byte("\x80\x02(X\x01\x00\x00\x000QX\x01\x00\x00\x001QX\x01\x00\x00\x002Ql.")
+	if _, _, err := u.Unpickle(data); err != nil || calls != 3 {
+		t.Fatalf("three persistent ids: %v, %d calls", err, calls)
+	}
+}

@@ -31,15 +31,11 @@ var (
 	errDeep          = errors.New("pickle: nested too deeply")
 )
 
-// Limits bound what a pickle may build, counted on its opcodes.
+// Limits bound what a pickle may build, counted on its opcodes; see
+// Unpickler.MaxValues and MaxValueBytes.
 type Limits struct {
-	// Values bounds the values built (objects, and memo references pushed)
-	// and the values of the result walked as a tree; 0 means
-	// DefaultMaxValues.
-	Values int
-	// ValueBytes bounds the string and bytes content of the result walked as
-	// a tree; 0 means DefaultValueBytes of the pickle's length.
-	ValueBytes int64
+	Values     int   // 0 means DefaultMaxValues
+	ValueBytes int64 // 0 means DefaultValueBytes of the pickle's length
 }
 
 // Scan walks the opcodes of the pickle at the start of data without building
@@ -235,6 +231,9 @@ type shapeVM struct {
 	marks  []int // stack lengths at each MARK
 	memo   map[uint64]int32
 	result int32
+	// args are the values passed to REDUCE, NEWOBJ, BUILD, persistent_load
+	// and the like, each time they are.
+	args []int32
 	// values and bytes: the result walked as a tree, once expand is done
 	values, bytes int64
 }
@@ -352,16 +351,25 @@ func (vm *shapeVM) step(op byte, arg []byte) error {
 	case 0x98: // READONLY_BUFFER keeps its value
 		_, err := vm.top()
 		return err
-	case 'Q', 0x85: // BINPERSID, TUPLE1
-		return vm.popInto(1)
-	case 'R', 0x81, 0x86, 0x93: // REDUCE, NEWOBJ, TUPLE2, STACK_GLOBAL
-		return vm.popInto(2)
-	case 0x92, 0x87: // NEWOBJ_EX, TUPLE3
-		return vm.popInto(3)
+	case 0x85: // TUPLE1
+		return vm.popInto(1, false)
+	case 0x86, 0x93: // TUPLE2, STACK_GLOBAL
+		return vm.popInto(2, false)
+	case 0x87: // TUPLE3
+		return vm.popInto(3, false)
+	case 'Q': // BINPERSID
+		return vm.popInto(1, true)
+	case 'R', 0x81: // REDUCE, NEWOBJ
+		return vm.popInto(2, true)
+	case 0x92: // NEWOBJ_EX
+		return vm.popInto(3, true)
 	case 'a', 'b': // APPEND, BUILD
 		c, err := vm.pop(1)
 		if err != nil {
 			return err
+		}
+		if op == 'b' {
+			vm.args = append(vm.args, c...)
 		}
 		return vm.attach(c)
 	case 's': // SETITEM
@@ -383,6 +391,9 @@ func (vm *shapeVM) step(op byte, arg []byte) error {
 		}
 		if op == 'o' && len(c) == 0 {
 			return errUnderflow
+		}
+		if op == 'o' || op == 'i' {
+			vm.args = append(vm.args, c...)
 		}
 		return vm.node(0, c...)
 	case 'g', 'h', 'j': // GET, BINGET, LONG_BINGET
@@ -418,11 +429,15 @@ func (vm *shapeVM) step(op byte, arg []byte) error {
 	return nil
 }
 
-// popInto pops n values and pushes one value referencing them.
-func (vm *shapeVM) popInto(n int) error {
+// popInto pops n values and pushes one value referencing them; call says
+// they are a call's arguments.
+func (vm *shapeVM) popInto(n int, call bool) error {
 	c, err := vm.pop(n)
 	if err != nil {
 		return err
+	}
+	if call {
+		vm.args = append(vm.args, c...)
 	}
 	return vm.node(0, c...)
 }
@@ -510,5 +525,22 @@ func (vm *shapeVM) expand(maxValues, maxBytes int64) error {
 		return err
 	}
 	vm.values, vm.bytes = count[vm.result], total[vm.result]
+	// What the callables, classes and persistent_load receive, all calls
+	// together: they may walk it (and a stand-in copy what it holds) even
+	// when the pickle then drops what they made.
+	var c, b int64
+	for _, a := range vm.args {
+		if err := visit(a, 0); err != nil {
+			return err
+		}
+		c += count[a]
+		b += total[a]
+		if c > maxValues {
+			return fmt.Errorf("%w: passes more than %d to the objects it rebuilds (shared values counted each time)", errTooManyValues, maxValues)
+		}
+		if b > maxBytes {
+			return fmt.Errorf("pickle: passes strings and bytes of more than %d bytes to the objects it rebuilds (shared values counted each time)", maxBytes)
+		}
+	}
 	return nil
 }
