@@ -65,7 +65,7 @@ func (u *Unpickler) Unpickle(data []byte) (v any, n int, err error) {
 	if max == 0 {
 		max = DefaultMaxBytes
 	}
-	lim := Limits{Values: u.MaxValues, ValueBytes: u.MaxValueBytes}
+	lim := limits{Values: u.MaxValues, ValueBytes: u.MaxValueBytes}
 	n, err = scan(data, max, func(g Global) bool {
 		_, ok := u.Allowed[g]
 		return ok

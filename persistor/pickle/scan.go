@@ -31,9 +31,9 @@ var (
 	errDeep          = errors.New("pickle: nested too deeply")
 )
 
-// Limits bound what a pickle may build, counted on its opcodes; see
+// limits bound what a pickle may build, counted on its opcodes; see
 // Unpickler.MaxValues and MaxValueBytes.
-type Limits struct {
+type limits struct {
 	Values     int   // 0 means DefaultMaxValues
 	ValueBytes int64 // 0 means DefaultValueBytes of the pickle's length
 }
@@ -43,14 +43,14 @@ type Limits struct {
 // data and in max bytes, that allowed approves every global named by GLOBAL
 // or INST, that every memo reference names a value stored before, that
 // integers are within MaxIntDigits and MaxLongBytes, and that the values the
-// pickle builds and stands for are within the default Limits; it returns
+// pickle builds and stands for are within the default limits; it returns
 // the pickle's length (through STOP). STACK_GLOBAL names are checked when
 // the objects are built.
 func Scan(data []byte, max int, allowed func(Global) bool) (int, error) {
-	return scan(data, max, allowed, Limits{})
+	return scan(data, max, allowed, limits{})
 }
 
-func scan(data []byte, max int, allowed func(Global) bool, lim Limits) (int, error) {
+func scan(data []byte, max int, allowed func(Global) bool, lim limits) (int, error) {
 	if lim.Values <= 0 {
 		lim.Values = DefaultMaxValues
 	}
