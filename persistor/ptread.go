@@ -250,15 +250,17 @@ func (d *ptDecoder) rebuildTensor(args ...any) (any, error) {
 	// The last element the view touches must lie inside the storage. Each
 	// step is checked against the storage, so the sum cannot wrap.
 	if n > 0 {
-		past := fmt.Errorf("tensor of shape %v (offset %d, stride %v) reaches past its storage of %d elements", size, off, stride, s.numel)
+		past := func() error {
+			return fmt.Errorf("tensor of shape %v (offset %d, stride %v) reaches past its storage of %d elements", size, off, stride, s.numel)
+		}
 		last := uint64(off)
 		if last >= uint64(s.numel) {
-			return nil, past
+			return nil, past()
 		}
 		for i, sz := range size {
 			hi, step := bits.Mul64(uint64(sz-1), uint64(stride[i]))
 			if hi != 0 || step >= uint64(s.numel)-last {
-				return nil, past
+				return nil, past()
 			}
 			last += step
 		}
