@@ -39,7 +39,7 @@ type Unpickler struct {
 	// MaxBytes bounds the pickle's length; 0 means DefaultMaxBytes.
 	MaxBytes int
 	// MaxValues bounds, each on its own, the values the pickle builds (every
-	// object, and every memo reference it pushes), the values of its result
+	// object, memo reference pushed and memo entry stored), the values of its result
 	// walked as a tree, where a subtree shared through the memo counts each
 	// time it is reached, and the values it passes to the objects it rebuilds
 	// (REDUCE, NEWOBJ, BUILD and persistent ids, all calls together, counted

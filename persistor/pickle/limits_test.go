@@ -109,6 +109,16 @@ func TestBuiltValuesBounded(t *testing.T) {
 	if _, _, err := u.Unpickle(data); err == nil || !strings.Contains(err.Error(), "builds more than 1000") {
 		t.Errorf("2000 memo references with MaxValues 1000: %v", err)
 	}
+	// So do memo entries: 2000 of them for one value.
+	data = []byte("\x80\x02N")
+	for i := range 2000 {
+		data = append(data, 'r')
+		data = binary.LittleEndian.AppendUint32(data, uint32(i))
+	}
+	data = append(data, '.')
+	if _, _, err := u.Unpickle(data); err == nil || !strings.Contains(err.Error(), "builds more than 1000") {
+		t.Errorf("2000 memo entries with MaxValues 1000: %v", err)
+	}
 	// MARKs nest no deeper than containers may.
 	if _, _, err := plainUnpickler().Unpickle(append(bytes.Repeat([]byte("("), 300), 'N', '.')); err == nil || !strings.Contains(err.Error(), "MARK") {
 		t.Errorf("300 open MARKs: %v", err)

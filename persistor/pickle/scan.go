@@ -224,7 +224,7 @@ func walk(data []byte, max int, visit func(op byte, arg []byte, g *Global) error
 // or a pop past a mark is refused as Python refuses it.
 type shapeVM struct {
 	limit  int
-	pushes int
+	pushes int // values built, memo references pushed, memo entries stored
 	size   []int64 // the bytes each node holds itself
 	edges  []edge
 	stack  []int32
@@ -241,10 +241,19 @@ type shapeVM struct {
 type edge struct{ from, to int32 }
 
 func (vm *shapeVM) push(n int32) error {
-	if vm.pushes++; vm.pushes > vm.limit {
-		return fmt.Errorf("%w: builds more than %d", errTooManyValues, vm.limit)
+	if err := vm.count(); err != nil {
+		return err
 	}
 	vm.stack = append(vm.stack, n)
+	return nil
+}
+
+// count counts one value built, memo reference pushed or memo entry
+// stored: what costs gopickle memory.
+func (vm *shapeVM) count() error {
+	if vm.pushes++; vm.pushes > vm.limit {
+		return fmt.Errorf("%w: builds more than %d (values, memo references and memo entries)", errTooManyValues, vm.limit)
+	}
 	return nil
 }
 
@@ -416,12 +425,14 @@ func (vm *shapeVM) step(op byte, arg []byte) error {
 			return err
 		}
 		vm.memo[i] = t
+		return vm.count()
 	case 0x94: // MEMOIZE
 		t, err := vm.top()
 		if err != nil {
 			return err
 		}
 		vm.memo[uint64(len(vm.memo))] = t
+		return vm.count()
 	case opProto, 0x95: // PROTO, FRAME
 	default:
 		return fmt.Errorf("pickle: unknown opcode 0x%02x", op)
