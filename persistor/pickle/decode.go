@@ -39,9 +39,9 @@ type Unpickler struct {
 	// MaxBytes bounds the pickle's length; 0 means DefaultMaxBytes.
 	MaxBytes int
 	// MaxValues bounds, each on its own, the values the pickle builds (every
-	// object, memo reference pushed and memo entry stored), the values of its result
-	// walked as a tree, where a subtree shared through the memo counts each
-	// time it is reached, and the values it passes to the objects it rebuilds
+	// object, memo reference pushed and memo entry stored), the values of its
+	// result walked as a tree, where a subtree shared through the memo counts
+	// each time it is reached, and the values it passes to the objects it rebuilds
 	// (REDUCE, NEWOBJ, BUILD and persistent ids, all calls together, counted
 	// the same way); 0 means DefaultMaxValues. All are checked on the
 	// opcodes, before anything is built.
