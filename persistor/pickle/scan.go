@@ -224,7 +224,7 @@ func walk(data []byte, max int, visit func(op byte, arg []byte, g *Global) error
 // or a pop past a mark is refused as Python refuses it.
 type shapeVM struct {
 	limit  int
-	pushes int // values built, memo references pushed, memo entries stored
+	pushes int     // values built, memo references pushed, memo entries stored
 	size   []int64 // the bytes each node holds itself
 	edges  []edge
 	stack  []int32
