@@ -18,9 +18,9 @@ type Net struct {
 	Spec     *Spec
 	MaxBatch int
 
-	layers []layer
-	params []*Param32 // learnable, in state-dict order
-	state  []stateEntry
+	layers  []layer
+	params  []*Param32 // learnable, in state-dict order
+	state   []stateEntry
 	inSize  int // C*H*W of one input
 	classes int // values of the output
 }
