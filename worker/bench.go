@@ -144,7 +144,7 @@ func (c *command) bench(args []string) error {
 		return c.benchFL(args[1:])
 	}
 	if len(args) == 0 || args[0] != "persist" {
-		return fmt.Errorf("%w: want 'bench persist|model [flags]'", errUsage)
+		return fmt.Errorf("%w: want 'bench persist|model|fl [flags]'", errUsage)
 	}
 	fs := c.flags("bench persist", "[--cases pneumonia,256MB] [--repeat N] [--python PATH]")
 	cases := fs.String("cases", "pneumonia,256MB", "state dicts to save and load: pneumonia, 256MB, 2GB")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -73,9 +72,20 @@ func (c *command) train(args []string) error {
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
 	}
+	cfg := model.TrainConfig{
+		Epochs: *epochs, LR: *lr, Batch: m.batch, Seed: *seed, Augment: !*noAugment,
+		Progress: func(s model.EpochStats) { fmt.Fprintln(c.stderr, s) },
+		Warn:     func(msg string) { fmt.Fprintln(c.stderr, "warning:", msg) },
+	}
+	if err := cfg.Check(); err != nil {
+		return fmt.Errorf("%w: %v (--epochs, --lr, --batch)", errUsage, err)
+	}
 	start := time.Now()
 	k, spec, err := m.keyAndSpec()
 	if err != nil {
+		return err
+	}
+	if err := checkOutputDir(m.loc.Output); err != nil {
 		return err
 	}
 	root, err := model.TrainingFolder(m.loc.Input)
@@ -107,13 +117,12 @@ func (c *command) train(args []string) error {
 		spec.Name, len(samples), len(classes), strings.Join(classes, ", "), root, time.Since(start).Round(time.Millisecond))
 	ctx, stop := interruptible()
 	defer stop()
-	steps, err := model.Train(ctx, net, samples, model.TrainConfig{
-		Epochs: *epochs, LR: *lr, Batch: m.batch, Seed: *seed, Augment: !*noAugment,
-		Progress: func(s model.EpochStats) { fmt.Fprintln(c.stderr, s) },
-		Warn:     func(msg string) { fmt.Fprintln(c.stderr, "warning:", msg) },
-	})
+	steps, err := model.Train(ctx, net, samples, cfg)
 	if err != nil {
 		return err
+	}
+	if err := net.CheckFinite(); err != nil {
+		return fmt.Errorf("not saving the weights: %w", err)
 	}
 	out := filepath.Join(m.loc.Output, "model_parameters.pt.enc")
 	p := &persistor.SecuredPersistor{Path: out, Key: k, ModelName: spec.Name}
@@ -144,9 +153,9 @@ func (c *command) infer(args []string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", pos[0], err)
 	}
-	csvIn := filepath.Join(m.loc.Input, "dataset.csv")
-	in, err := os.ReadFile(csvIn)
-	if err != nil {
+	// Everything that can be checked is checked before the images are
+	// scored: the output folder, the CSV and its path column.
+	if err := checkOutputDir(m.loc.Output); err != nil {
 		return err
 	}
 	root := filepath.Join(m.loc.Input, "file_data")
@@ -154,29 +163,45 @@ func (c *command) infer(args []string) error {
 	if err != nil {
 		return err
 	}
+	csvIn := filepath.Join(m.loc.Input, "dataset.csv")
+	in, err := model.OpenRegular(csvIn)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
 	ctx, stop := interruptible()
 	defer stop()
+	plan, err := model.PlanScores(ctx, in, samples, root, *column)
+	if err != nil {
+		return fmt.Errorf("%s: %w", csvIn, err)
+	}
 	start := time.Now()
 	preds, err := model.Predict(ctx, net, samples, m.batch, func(msg string) { fmt.Fprintln(c.stderr, "warning:", msg) })
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(c.stderr, "scored %d images in %.1f s\n", len(preds), time.Since(start).Seconds())
-	var out bytes.Buffer
-	rep, err := model.ScoreCSV(bytes.NewReader(in), &out, preds, root, *column)
-	if err != nil {
-		return fmt.Errorf("%s: %w", csvIn, err)
+	if _, err := in.Seek(0, io.SeekStart); err != nil {
+		return err
 	}
 	csvOut := filepath.Join(m.loc.Output, "dataset.csv")
+	var rep *model.ScoreReport
 	if err := persistor.WriteFileAtomic(csvOut, 0o644, func(w io.Writer) error {
-		_, err := w.Write(out.Bytes())
-		return err
+		rep, err = plan.Write(ctx, in, w, preds)
+		if err != nil {
+			return fmt.Errorf("%s: %w", csvIn, err)
+		}
+		return nil
 	}); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.stderr, "matched %d rows by column %q\n", rep.Matched, rep.PathColumn)
-	if len(rep.RowsWithout) > 0 {
-		fmt.Fprintf(c.stderr, "warning: %d rows name no image (rows %s); their %s is empty\n", len(rep.RowsWithout), listInts(rep.RowsWithout), model.ScoreColumn)
+	if rep.Unmatched > 0 {
+		rows := listInts(rep.UnmatchedRows)
+		if rep.Unmatched > len(rep.UnmatchedRows) {
+			rows += ", ..."
+		}
+		fmt.Fprintf(c.stderr, "warning: %d rows name no image (rows %s); their %s is empty\n", rep.Unmatched, rows, model.ScoreColumn)
 	}
 	if len(rep.ImagesWithout) > 0 {
 		fmt.Fprintf(c.stderr, "warning: %d images have no row: %s\n", len(rep.ImagesWithout), listStrings(rep.ImagesWithout))
@@ -186,6 +211,24 @@ func (c *command) infer(args []string) error {
 	}
 	fmt.Fprintf(c.stderr, "wrote %s\n", csvOut)
 	return nil
+}
+
+// checkOutputDir fails now, not after the long work, when dir cannot take
+// the output: it must be an existing folder in which files can be made.
+func checkOutputDir(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("output folder: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("output folder %s is not a directory", dir)
+	}
+	f, err := os.CreateTemp(dir, ".flarego-check-*")
+	if err != nil {
+		return fmt.Errorf("output folder %s is not writable: %w", dir, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }
 
 func listInts(v []int) string {
