@@ -288,7 +288,7 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 // simulate runs the job's server and N clients in this process over
 // loopback gRPC, like `nvflare simulator`; site i reads DATA/site-i.
 func (c *command) simulate(args []string) error {
-	fs := c.flags("simulate", "JOB_DIR -n N [--data DIR] [--key-file K] [--set key=value ...]")
+	fs := c.flags("simulate", "JOB_DIR -n N [--data DIR] [--output DIR] [--key-file K] [--set key=value ...]")
 	n := fs.Int("n", 2, "number of clients")
 	data := fs.String("data", "", "folder holding one FCP input root per site: DATA/site-1, DATA/site-2, ... (default: the FCP input folder)")
 	workspace := fs.String("w", "", "workspace (unused; for NVFlare's simulator flags)")
@@ -307,23 +307,6 @@ func (c *command) simulate(args []string) error {
 	}
 	if *data == "" {
 		*data = loc.Input
-	}
-	// Every site's data and the output folder are checked before the run:
-	// a site without data would otherwise fail only when its task comes.
-	if st, err := os.Stat(*data); err != nil || !st.IsDir() {
-		return fmt.Errorf("--data %s: no such folder (it should hold site-1 ... site-%d, one FCP input folder per site)", *data, *n)
-	}
-	var noData []string
-	for i := 1; i <= *n; i++ {
-		if _, err := model.TrainingFolder(filepath.Join(*data, fmt.Sprintf("site-%d", i))); err != nil {
-			noData = append(noData, fmt.Sprintf("site-%d (%v)", i, err))
-		}
-	}
-	if len(noData) > 0 {
-		return fmt.Errorf("--data %s has no data for %d of %d sites: %s", *data, len(noData), *n, strings.Join(noData, "; "))
-	}
-	if err := checkOutputDir(loc.Output); err != nil {
-		return err
 	}
 	var k *persistor.Key
 	if *keyFile != "" {
@@ -350,6 +333,23 @@ func (c *command) simulate(args []string) error {
 	}
 	if sag.MinClients > *n {
 		return fmt.Errorf("%w: min_clients is %d but -n simulates %d site(s): the run would wait forever", errUsage, sag.MinClients, *n)
+	}
+	// Every site's data and the output folder are checked before the run:
+	// a site without data would otherwise fail only when its task comes.
+	if st, err := os.Stat(*data); err != nil || !st.IsDir() {
+		return fmt.Errorf("--data %s: no such folder (it should hold site-1 ... site-%d, one FCP input folder per site)", *data, *n)
+	}
+	var noData []string
+	for i := 1; i <= *n; i++ {
+		if _, err := model.TrainingFolder(filepath.Join(*data, fmt.Sprintf("site-%d", i))); err != nil {
+			noData = append(noData, fmt.Sprintf("site-%d (%v)", i, err))
+		}
+	}
+	if len(noData) > 0 {
+		return fmt.Errorf("--data %s has no data for %d of %d sites: %s", *data, len(noData), *n, strings.Join(noData, "; "))
+	}
+	if err := checkOutputDir(loc.Output); err != nil {
+		return err
 	}
 	logf := func(format string, a ...any) { fmt.Fprintf(c.stderr, format+"\n", a...) }
 	srv, err := flare.NewServer(job.Server, registry(pos[0], k, loc.Input, loc.Output, logf))
