@@ -275,3 +275,20 @@ func Example_specError() {
 	fmt.Println(err)
 	// Output: model spec: layer 0 (maxpool2d): kernel 4 larger than its 3x3 input
 }
+
+// A state dict from the wire whose tensors hold fewer bytes than their
+// shapes declare is refused by NewNet instead of panicking in a layer.
+func TestNewNetShortTensorRefused(t *testing.T) {
+	spec := &Spec{Name: "t", Input: []int{3, 4, 4}, Layers: []Layer{{Op: "batchnorm2d", Name: "bn"}, {Op: "flatten"}, {Op: "linear", Name: "fc", Out: 2}}}
+	sd, _ := Init(spec, 1)
+	w := sd.Get("fc.weight")
+	w.Data = w.Data[:8]
+	if _, err := NewNet(spec, sd, 1); err == nil || !strings.Contains(err.Error(), "fc.weight holds 8 bytes") {
+		t.Fatalf("short weight: %v", err)
+	}
+	sd, _ = Init(spec, 1)
+	sd.Get("bn.num_batches_tracked").Data = nil
+	if _, err := NewNet(spec, sd, 1); err == nil || !strings.Contains(err.Error(), "num_batches_tracked") {
+		t.Fatalf("empty counter: %v", err)
+	}
+}

@@ -12,6 +12,12 @@ import (
 // LoadSpec reads a JSON spec file, decrypting it in memory with k when it
 // is a Fernet token (the job ships the architecture only encrypted).
 func LoadSpec(path string, k *persistor.Key) (*Spec, error) {
+	// A named pipe would block the open: refuse what is not a file.
+	f, err := OpenRegular(path)
+	if err != nil {
+		return nil, err
+	}
+	f.Close()
 	data, err := persistor.ReadMaybeEncrypted(path, k)
 	if err != nil {
 		return nil, err

@@ -123,6 +123,10 @@ func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
 			return nil, fmt.Errorf("%s is %s, want float32", name, t.DType)
 		}
 		f, _ := t.Float32s()
+		// A tensor from the wire may declare more than it holds.
+		if len(f) != shapeSize(shape) || len(t.Data) != 4*len(f) {
+			return nil, fmt.Errorf("%s holds %d bytes, its shape %v needs %d", name, len(t.Data), shape, 4*shapeSize(shape))
+		}
 		return append([]float32(nil), f...), nil
 	}
 	param := func(name string, shape []int) (*Param32, error) {
@@ -187,7 +191,7 @@ func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
 				return nil, err
 			}
 			nbt := sd.Get(l.Name + ".num_batches_tracked")
-			if nbt == nil || len(nbt.Shape) != 0 {
+			if nbt == nil || len(nbt.Shape) != 0 || nbt.DType.Size() == 0 || len(nbt.Data) != nbt.DType.Size() {
 				return nil, fmt.Errorf("state dict has no 0-dim %s.num_batches_tracked", l.Name)
 			}
 			counter := []int64{int64(nbt.Float64At(0))}

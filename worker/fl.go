@@ -310,7 +310,7 @@ func (c *command) simulate(args []string) error {
 	}
 	var k *persistor.Key
 	if *keyFile != "" {
-		k, err = persistor.ReadKeyFile(*keyFile)
+		k, err = readKeyFile(*keyFile)
 	} else {
 		k, err = loc.KeyFile()
 	}
@@ -508,7 +508,7 @@ func (c *command) nvflareFlags(name string, args []string, loc *persistor.Locati
 		return nil, nil, "", nil, err
 	}
 	if *keyFile != "" {
-		key, err = persistor.ReadKeyFile(*keyFile)
+		key, err = readKeyFile(*keyFile)
 	} else {
 		key, err = loc.KeyFile()
 	}

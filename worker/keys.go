@@ -73,7 +73,7 @@ func inKeyOut(fs *flag.FlagSet, args []string) (in string, k *persistor.Key, out
 	if err != nil {
 		return "", nil, "", err
 	}
-	k, err = persistor.ReadKeyFile(pos[1])
+	k, err = readKeyFile(pos[1])
 	return pos[0], k, pos[2], err
 }
 

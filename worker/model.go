@@ -38,7 +38,7 @@ func (c *command) modelFlags(fs interface {
 
 func (m *modelFlags) key() (*persistor.Key, error) {
 	if m.keyFile != "" {
-		return persistor.ReadKeyFile(m.keyFile)
+		return readKeyFile(m.keyFile)
 	}
 	return m.loc.KeyFile()
 }
@@ -101,7 +101,7 @@ func (c *command) train(args []string) error {
 	}
 	var sd *persistor.StateDict
 	if *weights != "" {
-		ck, err := persistor.ReadCheckpointFile(*weights, k)
+		ck, err := readCheckpointFile(*weights, k)
 		if err != nil {
 			return err
 		}
@@ -145,7 +145,7 @@ func (c *command) infer(args []string) error {
 	if err != nil {
 		return err
 	}
-	ck, err := persistor.ReadCheckpointFile(pos[0], k)
+	ck, err := readCheckpointFile(pos[0], k)
 	if err != nil {
 		return err
 	}
@@ -211,6 +211,34 @@ func (c *command) infer(args []string) error {
 	}
 	fmt.Fprintf(c.stderr, "wrote %s\n", csvOut)
 	return nil
+}
+
+// regularFile refuses a path that is not a regular file (or a link to
+// one) before it is opened: opening a named pipe blocks until a writer
+// comes, and reading a device may never end.
+func regularFile(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil // the reader reports it in its own words
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", path)
+	}
+	return nil
+}
+
+func readKeyFile(path string) (*persistor.Key, error) {
+	if err := regularFile(path); err != nil {
+		return nil, err
+	}
+	return persistor.ReadKeyFile(path)
+}
+
+func readCheckpointFile(path string, k *persistor.Key) (*persistor.Checkpoint, error) {
+	if err := regularFile(path); err != nil {
+		return nil, err
+	}
+	return persistor.ReadCheckpointFile(path, k)
 }
 
 // checkOutputDir fails now, not after the long work, when dir cannot take
