@@ -96,9 +96,24 @@ func (k *StartupKit) file(name string) string {
 	return filepath.Join(k.Dir, name)
 }
 
+// regular refuses TLS files that are not regular files before they are
+// read (a named pipe would block the read); missing files are left to the
+// reader's own message.
+func regular(paths ...string) error {
+	for _, p := range paths {
+		if st, err := os.Stat(p); err == nil && !st.Mode().IsRegular() {
+			return fmt.Errorf("%s is not a regular file", p)
+		}
+	}
+	return nil
+}
+
 func (k *StartupKit) pool(name string) (*x509.CertPool, error) {
 	if name == "" {
 		return nil, errors.New("secure mode needs ssl_root_cert")
+	}
+	if err := regular(k.file(name)); err != nil {
+		return nil, err
 	}
 	pem, err := os.ReadFile(k.file(name))
 	if err != nil {
@@ -124,6 +139,9 @@ func (k *StartupKit) ServerCredentials() (grpc.ServerOption, error) {
 
 // ClientCredentials are a client's mutual-TLS credentials.
 func (k *StartupKit) ClientCredentials() (grpc.DialOption, error) {
+	if err := regular(k.file(k.Client.SSLCert), k.file(k.Client.SSLPrivateKey)); err != nil {
+		return nil, err
+	}
 	cert, err := tls.LoadX509KeyPair(k.file(k.Client.SSLCert), k.file(k.Client.SSLPrivateKey))
 	if err != nil {
 		return nil, fmt.Errorf("client certificate: %w", err)
@@ -185,6 +203,9 @@ func verifyServerAt(pool *x509.CertPool, host string, at time.Time) func(tls.Con
 // certificates from the root CA required.
 func (k *StartupKit) AdminTLS() (*tls.Config, error) {
 	s := k.Servers[0]
+	if err := regular(k.file(s.SSLCert), k.file(s.SSLPrivateKey)); err != nil {
+		return nil, err
+	}
 	cert, err := tls.LoadX509KeyPair(k.file(s.SSLCert), k.file(s.SSLPrivateKey))
 	if err != nil {
 		return nil, fmt.Errorf("server certificate: %w", err)

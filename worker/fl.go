@@ -334,6 +334,15 @@ func (c *command) simulate(args []string) error {
 	if sag.MinClients > *n {
 		return fmt.Errorf("%w: min_clients is %d but -n simulates %d site(s): the run would wait forever", errUsage, sag.MinClients, *n)
 	}
+	if cs, err := job.Server.CrossSiteModelEval(); err != nil {
+		return err
+	} else if cs != nil {
+		for _, p := range cs.ParticipatingClients {
+			if i, err := strconv.Atoi(strings.TrimPrefix(p, "site-")); err != nil || !strings.HasPrefix(p, "site-") || i < 1 || i > *n {
+				return fmt.Errorf("participating_clients names %q, but the simulated sites are site-1 ... site-%d", p, *n)
+			}
+		}
+	}
 	// Every site's data and the output folder are checked before the run:
 	// a site without data would otherwise fail only when its task comes.
 	if st, err := os.Stat(*data); err != nil || !st.IsDir() {

@@ -87,6 +87,9 @@ func (c *command) decrypt(args []string) error {
 	if *ttl < 0 {
 		*ttl = persistor.NoTTL
 	}
+	if err := regularFile(in); err != nil {
+		return err
+	}
 	plain, err := persistor.DecryptFile(in, *ttl, k)
 	if err != nil {
 		return err
@@ -135,9 +138,15 @@ func (c *command) unseal(args []string) error {
 		if err != nil {
 			return err
 		}
-		if !d.IsDir() && strings.HasSuffix(d.Name(), ".enc") {
-			files = append(files, path)
+		if d.IsDir() || !strings.HasSuffix(d.Name(), ".enc") {
+			return nil
 		}
+		// Only regular files (or links to them): a named pipe would block
+		// the entrypoint before the job starts.
+		if st, err := os.Stat(path); err != nil || !st.Mode().IsRegular() {
+			return fmt.Errorf("%s is not a regular file", path)
+		}
+		files = append(files, path)
 		return nil
 	})
 	if err != nil {

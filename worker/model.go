@@ -111,6 +111,9 @@ func (c *command) train(args []string) error {
 	}
 	net, err := model.NewNet(spec, sd, m.batch)
 	if err != nil {
+		if *weights != "" {
+			return fmt.Errorf("%s: %w", *weights, err)
+		}
 		return err
 	}
 	fmt.Fprintf(c.stderr, "training %s on %d images in %d classes (%s) from %s; ready in %s\n",
