@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -122,6 +123,9 @@ func (c *command) train(args []string) error {
 	defer stop()
 	steps, err := model.Train(ctx, net, samples, cfg)
 	if err != nil {
+		if ctx.Err() != nil {
+			return errors.New("interrupted: training stopped, no weights written")
+		}
 		return err
 	}
 	if err := net.CheckFinite(); err != nil {
@@ -181,6 +185,9 @@ func (c *command) infer(args []string) error {
 	start := time.Now()
 	preds, err := model.Predict(ctx, net, samples, m.batch, func(msg string) { fmt.Fprintln(c.stderr, "warning:", msg) })
 	if err != nil {
+		if ctx.Err() != nil {
+			return errors.New("interrupted: scoring stopped, nothing written")
+		}
 		return err
 	}
 	fmt.Fprintf(c.stderr, "scored %d images in %.1f s\n", len(preds), time.Since(start).Seconds())
