@@ -355,7 +355,11 @@ func (c *command) simulate(args []string) error {
 		}
 	}
 	if len(noData) > 0 {
-		return fmt.Errorf("--data %s has no data for %d of %d sites: %s", *data, len(noData), *n, strings.Join(noData, "; "))
+		shown := noData[:min(len(noData), 5)]
+		if len(noData) > len(shown) {
+			shown = append(shown, "...")
+		}
+		return fmt.Errorf("--data %s has no data for %d of %d sites: %s", *data, len(noData), *n, strings.Join(shown, "; "))
 	}
 	if err := checkOutputDir(loc.Output); err != nil {
 		return err
