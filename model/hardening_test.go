@@ -41,6 +41,8 @@ func TestSpecShapeChainMismatchRefused(t *testing.T) {
 			`more than 268435456 values`},
 		{"huge input", `{"input":[65536,65536,65536],"layers":[{"op":"flatten"}]}`, `has more than`},
 		{"ends unflattened", `{"input":[3,8,8],"layers":[{"op":"relu"}]}`, `end with flatten and linear`},
+		{"newline in the name", `{"name":"a\nb","input":[3,8,8],"layers":[{"op":"flatten"},{"op":"linear","name":"fc","out":2}]}`, `must be at most 128 printable`},
+		{"newline in a layer name", `{"input":[3,8,8],"layers":[{"op":"flatten"},{"op":"linear","name":"f\nc","out":2}]}`, `needs a name without dots or spaces`},
 		{"too many layers", `{"input":[3,8,8],"layers":[` + strings.Repeat(`{"op":"relu"},`, 1100) + `{"op":"flatten"}]}`, `1101 layers`},
 	} {
 		_, err := ParseSpec([]byte(c.json))

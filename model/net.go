@@ -108,7 +108,7 @@ func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
 		return nil, err
 	}
 	if n := bufferBytes(s, shapes, maxBatch); n > maxNetBytes {
-		return nil, fmt.Errorf("model %s with batch size %d needs %.1f GiB of buffers (at most %d GiB): use a smaller batch", s.Name, maxBatch, float64(n)/(1<<30), maxNetBytes>>30)
+		return nil, fmt.Errorf("model %q with batch size %d needs %.1f GiB of buffers (at most %d GiB): use a smaller batch", s.Name, maxBatch, float64(n)/(1<<30), maxNetBytes>>30)
 	}
 	net := &Net{Spec: s, MaxBatch: maxBatch, inSize: shapeSize(s.Input), classes: shapes[len(shapes)-1][0]}
 	get := func(name string, shape []int) ([]float32, error) {

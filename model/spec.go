@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"unicode"
 )
 
 // A Spec describes a feed-forward network: an input shape and layers in order.
@@ -100,6 +101,22 @@ const (
 	maxParams      = 1 << 28 // learnable values of the whole net (1 GiB as float32)
 )
 
+// maxNameBytes bounds spec and layer names: they end up in logs, messages
+// and state-dict keys, where a newline could forge a line.
+const maxNameBytes = 128
+
+func printable(s string) bool {
+	if len(s) > maxNameBytes {
+		return false
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
 // usedFields are the Layer fields each op reads besides op and name; a
 // field set on an op that ignores it would make the net differ silently
 // from the PyTorch module the spec describes.
@@ -143,6 +160,9 @@ func (s *Spec) Shapes() ([][]int, error) {
 	if s.Input[0]*s.Input[1]*s.Input[2] > maxInputValues {
 		return nil, fmt.Errorf("model spec: input %v has more than %d values", s.Input, maxInputValues)
 	}
+	if !printable(s.Name) {
+		return nil, fmt.Errorf("model spec: name %q must be at most %d printable characters", s.Name, maxNameBytes)
+	}
 	if len(s.Layers) == 0 {
 		return nil, errors.New("model spec: no layers")
 	}
@@ -177,8 +197,8 @@ func (s *Spec) Shapes() ([][]int, error) {
 			}
 		}
 		needName := func() error {
-			if l.Name == "" || strings.ContainsAny(l.Name, ". ") {
-				return fmt.Errorf("%s: needs a name without dots or spaces (it prefixes the state-dict keys)", where)
+			if l.Name == "" || strings.ContainsAny(l.Name, ". ") || !printable(l.Name) {
+				return fmt.Errorf("%s: needs a name without dots or spaces, of printable characters (it prefixes the state-dict keys)", where)
 			}
 			return nil
 		}
