@@ -6,6 +6,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
 )
 
 // Component is one entry of an NVFlare job config: an id, the Python path
@@ -71,7 +76,7 @@ type Job struct {
 const maxConfigBytes = 1 << 20
 
 func readJSON(path string, v any) error {
-	f, err := os.Open(path)
+	f, err := openRegular(path)
 	if err != nil {
 		return err
 	}
@@ -81,6 +86,24 @@ func readJSON(path string, v any) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
+}
+
+// openRegular opens path if it is a regular file: a named pipe would block
+// the open until a writer comes, so it is opened without blocking and its
+// type checked before any read.
+func openRegular(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		f.Close()
+		if err == nil {
+			err = fmt.Errorf("%s is not a regular file", path)
+		}
+		return nil, err
+	}
+	return f, nil
 }
 
 // LoadJob reads an app folder's config/config_fed_server.json and
@@ -126,7 +149,7 @@ func (c *ServerConfig) ScatterAndGather() (*ScatterAndGatherArgs, error) {
 	}
 	for i, w := range c.Workflows {
 		switch {
-		case i == 0 && (w.Path == PathScatterAndGather || w.Path == "ScatterAndGather"):
+		case i == 0 && isScatterAndGather(w.Path):
 		case i == 1 && isCrossSite(w.Path):
 			continue
 		case isCrossSite(w.Path):
@@ -147,6 +170,86 @@ func (c *ServerConfig) ScatterAndGather() (*ScatterAndGatherArgs, error) {
 		return nil, fmt.Errorf("workflow %s: bad min_clients/num_rounds/start_round/wait time", w.ID)
 	}
 	return a, nil
+}
+
+func isScatterAndGather(path string) bool {
+	return path == PathScatterAndGather || path == "ScatterAndGather"
+}
+
+// jsonKeys lists the JSON names of a struct's fields.
+func jsonKeys(v any) []string {
+	t := reflect.TypeOf(v)
+	var keys []string
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			keys = append(keys, name)
+		}
+	}
+	return keys
+}
+
+var (
+	scatterAndGatherKeys = jsonKeys(ScatterAndGatherArgs{})
+	crossSiteKeys        = jsonKeys(CrossSiteArgs{})
+)
+
+// WorkflowArgKeys are the workflow arguments SetWorkflowArg knows, sorted.
+func WorkflowArgKeys() []string {
+	keys := append(append([]string{}, scatterAndGatherKeys...), crossSiteKeys...)
+	sort.Strings(keys)
+	return keys
+}
+
+// SetWorkflowArg overrides one workflow argument, as NVFlare's --set
+// key=value does: key must be an argument of ScatterAndGather or, when the
+// job has one, of CrossSiteModelEval. value is read as JSON when it parses
+// (numbers, true/false, lists) and as a string otherwise, and must suit the
+// argument's type. An unknown key is refused, not ignored: a misspelt
+// override would otherwise leave a run with the value it meant to change.
+func (c *ServerConfig) SetWorkflowArg(key, value string) error {
+	var check any
+	target := -1
+	for i, w := range c.Workflows {
+		switch {
+		case isScatterAndGather(w.Path) && slices.Contains(scatterAndGatherKeys, key):
+			target, check = i, &ScatterAndGatherArgs{}
+		case isCrossSite(w.Path) && slices.Contains(crossSiteKeys, key):
+			target, check = i, &CrossSiteArgs{}
+		default:
+			continue
+		}
+		break
+	}
+	if target < 0 {
+		switch {
+		case slices.Contains(scatterAndGatherKeys, key):
+			return fmt.Errorf("--set %s: the job has no ScatterAndGather workflow", key)
+		case slices.Contains(crossSiteKeys, key):
+			return fmt.Errorf("--set %s: the job has no CrossSiteModelEval workflow", key)
+		}
+		return fmt.Errorf("--set %s: unknown workflow argument (known: %s)", key, strings.Join(WorkflowArgKeys(), ", "))
+	}
+	w := &c.Workflows[target]
+	args := map[string]any{}
+	if len(w.Args) > 0 {
+		if err := json.Unmarshal(w.Args, &args); err != nil {
+			return fmt.Errorf("workflow %s args: %w", w.ID, err)
+		}
+	}
+	var v any
+	if err := json.Unmarshal([]byte(value), &v); err != nil {
+		v = value
+	}
+	args[key] = v
+	b, err := json.Marshal(args)
+	if err != nil {
+		return fmt.Errorf("--set %s=%s: %w", key, value, err)
+	}
+	if err := json.Unmarshal(b, check); err != nil {
+		return fmt.Errorf("--set %s=%s: %w", key, value, err)
+	}
+	w.Args = b
+	return nil
 }
 
 func isCrossSite(path string) bool {

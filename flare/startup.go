@@ -3,6 +3,7 @@ package flare
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -18,6 +19,7 @@ import (
 // StartupKit is NVFlare 2.0's startup/fed_server.json or fed_client.json:
 // where the server listens or the client connects, and the TLS files.
 type StartupKit struct {
+	Path    string `json:"-"` // the file read
 	Dir     string `json:"-"` // the startup folder; relative paths are under it
 	Servers []struct {
 		Name    string `json:"name"`
@@ -39,18 +41,46 @@ type StartupKit struct {
 		Compression   string  `json:"compression"`
 		RetryTimeout  float64 `json:"retry_timeout"`
 	} `json:"client"`
+
+	hasClient bool // the file has a "client" section, as a site's kit does
 }
 
 // LoadStartupKit reads a startup kit file.
 func LoadStartupKit(path string) (*StartupKit, error) {
-	k := &StartupKit{Dir: filepath.Dir(path)}
+	k := &StartupKit{Path: path, Dir: filepath.Dir(path)}
 	if err := readJSON(path, k); err != nil {
 		return nil, err
 	}
 	if len(k.Servers) == 0 || k.Servers[0].Service.Target == "" {
 		return nil, fmt.Errorf("%s: no servers[0].service.target", path)
 	}
+	var raw struct {
+		Client json.RawMessage `json:"client"`
+	}
+	if err := readJSON(path, &raw); err != nil {
+		return nil, err
+	}
+	k.hasClient = len(raw.Client) > 0 && string(raw.Client) != "null"
 	return k, nil
+}
+
+// CheckServer fails when the kit is a site's (it has a "client" section):
+// a server started from it would listen where its clients dial and fail
+// later, blaming another file.
+func (k *StartupKit) CheckServer() error {
+	if k.hasClient {
+		return fmt.Errorf("%s is a client's startup kit (it has a \"client\" section); the server reads fed_server.json from its own startup folder", k.Path)
+	}
+	return nil
+}
+
+// CheckClient fails when the kit is the server's (no "client" section but
+// an admin_port).
+func (k *StartupKit) CheckClient() error {
+	if !k.hasClient && k.Servers[0].AdminPort > 0 {
+		return fmt.Errorf("%s is the server's startup kit (admin_port and no \"client\" section); a client reads fed_client.json from its own startup folder", k.Path)
+	}
+	return nil
 }
 
 // Target is the server's host:port.
@@ -66,9 +96,24 @@ func (k *StartupKit) file(name string) string {
 	return filepath.Join(k.Dir, name)
 }
 
+// regular refuses TLS files that are not regular files before they are
+// read (a named pipe would block the read); missing files are left to the
+// reader's own message.
+func regular(paths ...string) error {
+	for _, p := range paths {
+		if st, err := os.Stat(p); err == nil && !st.Mode().IsRegular() {
+			return fmt.Errorf("%s is not a regular file", p)
+		}
+	}
+	return nil
+}
+
 func (k *StartupKit) pool(name string) (*x509.CertPool, error) {
 	if name == "" {
 		return nil, errors.New("secure mode needs ssl_root_cert")
+	}
+	if err := regular(k.file(name)); err != nil {
+		return nil, err
 	}
 	pem, err := os.ReadFile(k.file(name))
 	if err != nil {
@@ -94,6 +139,9 @@ func (k *StartupKit) ServerCredentials() (grpc.ServerOption, error) {
 
 // ClientCredentials are a client's mutual-TLS credentials.
 func (k *StartupKit) ClientCredentials() (grpc.DialOption, error) {
+	if err := regular(k.file(k.Client.SSLCert), k.file(k.Client.SSLPrivateKey)); err != nil {
+		return nil, err
+	}
 	cert, err := tls.LoadX509KeyPair(k.file(k.Client.SSLCert), k.file(k.Client.SSLPrivateKey))
 	if err != nil {
 		return nil, fmt.Errorf("client certificate: %w", err)
@@ -155,6 +203,9 @@ func verifyServerAt(pool *x509.CertPool, host string, at time.Time) func(tls.Con
 // certificates from the root CA required.
 func (k *StartupKit) AdminTLS() (*tls.Config, error) {
 	s := k.Servers[0]
+	if err := regular(k.file(s.SSLCert), k.file(s.SSLPrivateKey)); err != nil {
+		return nil, err
+	}
 	cert, err := tls.LoadX509KeyPair(k.file(s.SSLCert), k.file(s.SSLPrivateKey))
 	if err != nil {
 		return nil, fmt.Errorf("server certificate: %w", err)

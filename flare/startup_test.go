@@ -4,8 +4,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -83,6 +85,66 @@ func TestVerifyServerAcceptsNVFlareProvisionedCertificates(t *testing.T) {
 	for host, ok := range map[string]bool{"localhost": true, "127.0.0.1": true, "server": false} {
 		if err := verifyServerAt(ca.Pool(), host, time.Time{})(cs(leaf)); (err == nil) != ok {
 			t.Errorf("SAN certificate for %s: %v", host, err)
+		}
+	}
+}
+
+// A server started from a client's kit used to listen and then fail,
+// blaming fed_server.json; each command now checks the kit's kind first,
+// naming the file. A named pipe in place of the kit is refused, not read.
+func TestStartupKitKindChecked(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(content), 0o600)
+		return p
+	}
+	srvKit, err := LoadStartupKit(write("fed_server.json", `{"servers": [{"name": "p", "service": {"target": "h:1"}, "admin_port": 2}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliKit, err := LoadStartupKit(write("fed_client.json", `{"servers": [{"name": "p", "service": {"target": "h:1"}}], "client": {}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srvKit.CheckServer() != nil || cliKit.CheckClient() != nil {
+		t.Fatal("a kit of the right kind was refused")
+	}
+	if err := cliKit.CheckServer(); err == nil || !strings.Contains(err.Error(), "fed_client.json is a client's startup kit") {
+		t.Errorf("server from a client kit: %v", err)
+	}
+	if err := srvKit.CheckClient(); err == nil || !strings.Contains(err.Error(), "fed_server.json is the server's startup kit") {
+		t.Errorf("client from the server kit: %v", err)
+	}
+	pipe := filepath.Join(dir, "pipe.json")
+	if err := syscall.Mkfifo(pipe, 0o600); err == nil {
+		if _, err := LoadStartupKit(pipe); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("a named pipe as kit: %v", err)
+		}
+	}
+}
+
+// Unknown --set keys used to be ignored silently (and keys the config did
+// not list, such as train_timeout, were ignored too); they are refused
+// with the known ones, and values must suit the argument's type.
+func TestSetWorkflowArgRefusesUnknownKeys(t *testing.T) {
+	c := testServerConfig(1, 1, 10)
+	for _, kv := range [][2]string{{"min_clients", "3"}, {"wait_time_after_min_received", "0"}, {"train_task_name", "fit"}} {
+		if err := c.SetWorkflowArg(kv[0], kv[1]); err != nil {
+			t.Fatalf("%s=%s: %v", kv[0], kv[1], err)
+		}
+	}
+	a, err := c.ScatterAndGather()
+	if err != nil || a.MinClients != 3 || a.WaitTimeAfterMinReceived != 0 || a.TrainTaskName != "fit" {
+		t.Fatalf("%+v %v", a, err)
+	}
+	for _, c2 := range []struct{ key, value, want string }{
+		{"min_client", "3", "unknown workflow argument (known: aggregator_id, cleanup_models"},
+		{"min_clients", "many", "cannot unmarshal string"},
+		{"validation_timeout", "5", "the job has no CrossSiteModelEval workflow"},
+	} {
+		if err := c.SetWorkflowArg(c2.key, c2.value); err == nil || !strings.Contains(err.Error(), c2.want) {
+			t.Errorf("%s=%s: %v, want %q", c2.key, c2.value, err, c2.want)
 		}
 	}
 }

@@ -9,12 +9,14 @@ import (
 	_ "image/jpeg" // formats ImageFolder reads
 	_ "image/png"
 	"io"
+	"io/fs"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 
 	_ "golang.org/x/image/bmp"
 	_ "golang.org/x/image/tiff"
@@ -27,26 +29,102 @@ type RGB struct {
 	Pix  []uint8 // 3*W*H
 }
 
-// maxPixels bounds a decoded image (a hostile header could ask for more
-// memory than the machine has); 64 Mpixel is far above a chest X-ray's.
-const maxPixels = 64 << 20
+// maxImageBytes bounds the memory one image takes while it is decoded:
+// the decoder's own image (bytes per pixel of its color model, so a 16-bit
+// RGBA PNG costs 8 per pixel) plus the RGB copy. 256 MiB holds a 16-bit
+// grey 7000×7000 X-ray; a small file declaring a huge image is refused
+// before anything is allocated. Image files are bounded by the same size.
+const maxImageBytes = 256 << 20
+
+// OpenRegular opens path for reading if it is a regular file (or a link to
+// one). A named pipe in an image folder would otherwise block the open
+// until a writer appears, and a device would never end: the file is opened
+// without blocking and its type checked before any read.
+func OpenRegular(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file (%s)", path, describeMode(st.Mode()))
+	}
+	return f, nil
+}
+
+func describeMode(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	case m&fs.ModeDevice != 0:
+		return "a device"
+	}
+	return "mode " + m.Type().String()
+}
+
+// decodedBytesPerPixel is what the decoder of format holds per pixel for
+// an image of color model m. A progressive JPEG also keeps a 4-byte
+// coefficient per sample until its last scan.
+func decodedBytesPerPixel(m color.Model, format string) int64 {
+	var n int64
+	switch m {
+	case color.GrayModel, color.AlphaModel:
+		n = 1
+	case color.Gray16Model, color.Alpha16Model:
+		n = 2
+	case color.YCbCrModel:
+		n = 3
+	case color.RGBAModel, color.NRGBAModel, color.CMYKModel, color.NYCbCrAModel:
+		n = 4
+	case color.RGBA64Model, color.NRGBA64Model:
+		n = 8
+	default:
+		if _, ok := m.(color.Palette); ok {
+			n = 1
+		} else {
+			n = 8 // unknown: assume the widest
+		}
+	}
+	if format == "jpeg" {
+		n *= 5
+	}
+	return n
+}
 
 // LoadRGB decodes an image file and converts it to RGB as PIL's
 // Image.convert("RGB") does: grey is replicated, alpha dropped, 16-bit
 // samples clipped to 255 (PIL's I;16 → L conversion clips, it does not scale).
 func LoadRGB(path string) (*RGB, error) {
-	f, err := os.Open(path)
+	f, err := OpenRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err != nil {
+		return nil, err
+	} else if st.Size() > maxImageBytes {
+		return nil, fmt.Errorf("%s: file of %d MiB is larger than an image may be (%d MiB)", path, st.Size()>>20, maxImageBytes>>20)
+	}
 	br := bufio.NewReader(f)
-	cfg, _, err := image.DecodeConfig(br)
+	cfg, format, err := image.DecodeConfig(br)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if cfg.Width <= 0 || cfg.Height <= 0 || cfg.Width*cfg.Height > maxPixels {
+	if cfg.Width <= 0 || cfg.Height <= 0 || cfg.Width > 1<<20 || cfg.Height > 1<<20 {
 		return nil, fmt.Errorf("%s: image of %dx%d is out of range", path, cfg.Width, cfg.Height)
+	}
+	need := int64(cfg.Width) * int64(cfg.Height) * (decodedBytesPerPixel(cfg.ColorModel, format) + 3)
+	if need > maxImageBytes {
+		return nil, fmt.Errorf("%s: %dx%d %s image would take %d MiB to decode (at most %d MiB)", path, cfg.Width, cfg.Height, format, need>>20, maxImageBytes>>20)
 	}
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, err
@@ -254,28 +332,54 @@ var (
 	Std  = [3]float32{0.229, 0.224, 0.225}
 )
 
-// Transform is the seed's pipeline: Resize((256,256)) → [RandomRotation(±20°)
-// when rng is not nil] → CenterCrop(224) → ToTensor → Normalize. It writes
-// the CHW tensor into dst (3*224*224 floats).
-func Transform(img *RGB, rng *rand.Rand, dst []float32) {
-	r := Resize(img, 256, 256)
+// Transform is the seed's pipeline, for an input of h×w: Resize to
+// (h·8/7, w·8/7) — the seed's Resize((256,256)) for its 224×224 — →
+// [RandomRotation(±20°) when rng is not nil] → CenterCrop(h, w) → ToTensor
+// → Normalize. It writes the CHW tensor into dst (3·h·w floats).
+func Transform(img *RGB, rng *rand.Rand, dst []float32, h, w int) {
+	rh, rw := int(math.Round(float64(h)*8/7)), int(math.Round(float64(w)*8/7))
+	r := Resize(img, rw, rh)
 	if rng != nil {
 		r = Rotate(r, rng.Float64()*40-20)
 	}
-	const crop = 224
 	// torchvision: top = int(round((256 - 224) / 2.0))
-	off := int(math.Round(float64(r.H-crop) / 2))
-	offx := int(math.Round(float64(r.W-crop) / 2))
+	off := int(math.Round(float64(r.H-h) / 2))
+	offx := int(math.Round(float64(r.W-w) / 2))
 	for c := 0; c < 3; c++ {
-		plane := dst[c*crop*crop : (c+1)*crop*crop]
+		plane := dst[c*h*w : (c+1)*h*w]
 		m, s := Mean[c], Std[c]
-		for y := 0; y < crop; y++ {
+		for y := 0; y < h; y++ {
 			row := r.Pix[3*((y+off)*r.W+offx):]
-			for x := 0; x < crop; x++ {
-				plane[y*crop+x] = (float32(row[3*x+c])/255 - m) / s
+			for x := 0; x < w; x++ {
+				plane[y*w+x] = (float32(row[3*x+c])/255 - m) / s
 			}
 		}
 	}
+}
+
+// ImageInput returns the height and width the image pipeline makes for
+// the spec, or why it cannot feed it: images become 3-channel RGB tensors.
+func (s *Spec) ImageInput() (h, w int, err error) {
+	if _, err := s.Shapes(); err != nil {
+		return 0, 0, err
+	}
+	if s.Input[0] != 3 {
+		return 0, 0, fmt.Errorf("model spec %q: input %v has %d channel(s), but images are fed as 3 (RGB)", s.Name, s.Input, s.Input[0])
+	}
+	return s.Input[1], s.Input[2], nil
+}
+
+// readDir is os.ReadDir for a path that must be a directory: it checks
+// first, as opening a named pipe would block.
+func readDir(path string) ([]os.DirEntry, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !st.IsDir() {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: syscall.ENOTDIR}
+	}
+	return os.ReadDir(path)
 }
 
 // Sample is one image of an ImageFolder and its class index.
@@ -292,7 +396,7 @@ var imageExts = map[string]bool{".jpg": true, ".jpeg": true, ".png": true, ".ppm
 // sorted sub-directory names, samples are the image files under each,
 // walked in sorted order.
 func ImageFolder(root string) (classes []string, samples []Sample, err error) {
-	entries, err := os.ReadDir(root)
+	entries, err := readDir(root)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading image folder: %w", err)
 	}

@@ -89,7 +89,7 @@ func TestInteropTransformsMatchTorchvision(t *testing.T) {
 			t.Errorf("%s: rotation differs from PIL's by %d/255", name, d)
 		}
 		x := make([]float32, 3*224*224)
-		Transform(img, nil, x)
+		Transform(img, nil, x, 224, 224)
 		want := floatsOf(t, get("tensor"))
 		// Compare on ToTensor's 0..1 scale (undo Normalize).
 		var dT float64

@@ -3,7 +3,6 @@ package model
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 
@@ -13,6 +12,12 @@ import (
 // LoadSpec reads a JSON spec file, decrypting it in memory with k when it
 // is a Fernet token (the job ships the architecture only encrypted).
 func LoadSpec(path string, k *persistor.Key) (*Spec, error) {
+	// A named pipe would block the open: refuse what is not a file.
+	f, err := OpenRegular(path)
+	if err != nil {
+		return nil, err
+	}
+	f.Close()
 	data, err := persistor.ReadMaybeEncrypted(path, k)
 	if err != nil {
 		return nil, err
@@ -21,13 +26,17 @@ func LoadSpec(path string, k *persistor.Key) (*Spec, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	// The spec's net is fed images: refuse now an input they cannot fill.
+	if _, _, err := s.ImageInput(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	return s, nil
 }
 
 // TrainingFolder is where the seed's trainer finds its images:
 // INPUT/datasets/<first dataset, by name>/file_data.
 func TrainingFolder(input string) (string, error) {
-	entries, err := os.ReadDir(filepath.Join(input, "datasets"))
+	entries, err := readDir(filepath.Join(input, "datasets"))
 	if err != nil {
 		return "", fmt.Errorf("finding the training data: %w", err)
 	}

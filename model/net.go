@@ -18,10 +18,59 @@ type Net struct {
 	Spec     *Spec
 	MaxBatch int
 
-	layers []layer
-	params []*Param32 // learnable, in state-dict order
-	state  []stateEntry
-	inSize int // C*H*W of one input
+	layers  []layer
+	params  []*Param32 // learnable, in state-dict order
+	state   []stateEntry
+	inSize  int // C*H*W of one input
+	classes int // values of the output
+}
+
+// MaxBatch is the largest batch a Net takes.
+const MaxBatch = 4096
+
+// maxNetBytes bounds the buffers NewNet allocates, so that a batch size and
+// spec that together ask for more than a machine has fail with a message.
+const maxNetBytes = 16 << 30
+
+// bufferBytes is what NewNet allocates for batches of batch images: each
+// layer's output and input-gradient buffers, the per-worker conv column
+// buffers and partial gradients, and every parameter with its gradient and
+// Adam's two moments.
+func bufferBytes(s *Spec, shapes [][]int, batch int) int64 {
+	b := int64(batch)
+	var values, cols, params, convW int64
+	in := int64(shapeSize(s.Input))
+	values += 2 * b * in // the loader's two batch buffers
+	for i, l := range s.Layers {
+		o := int64(shapeSize(shapes[i]))
+		fused := l.Op == "relu" && i > 0 && (s.Layers[i-1].Op == "conv2d" || s.Layers[i-1].Op == "batchnorm2d")
+		switch {
+		case fused, l.Op == "flatten":
+		case l.Op == "conv2d":
+			values += b * (o + in)
+			prev := s.Input
+			if i > 0 {
+				prev = shapes[i-1]
+			}
+			w := int64(l.Out) * int64(prev[0]) * int64(l.Kernel) * int64(l.Kernel)
+			cols = max(cols, int64(prev[0])*int64(l.Kernel)*int64(l.Kernel)*int64(shapes[i][1])*int64(shapes[i][2]))
+			convW += w
+			params += w + int64(l.Out)
+		case l.Op == "batchnorm2d":
+			values += 3 * b * o
+			params += 4 * int64(shapes[i][0])
+		case l.Op == "maxpool2d":
+			values += 2*b*o + b*in
+		case l.Op == "linear":
+			values += b * (o + in)
+			params += (in + 1) * o
+		default: // relu, dropout
+			values += 2 * b * o
+		}
+		in = o
+	}
+	w := int64(workers)
+	return 4 * (values + 2*w*cols + w*convW + 4*params)
 }
 
 // Param32 is a learnable tensor and its gradient.
@@ -51,14 +100,17 @@ type layer interface {
 // every entry the spec implies with the right shape (float64 counters, as
 // NVFlare saves them, are accepted). The net copies the weights.
 func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
-	if maxBatch <= 0 || maxBatch > 4096 {
-		return nil, fmt.Errorf("batch size %d out of range", maxBatch)
+	if maxBatch <= 0 || maxBatch > MaxBatch {
+		return nil, fmt.Errorf("batch size %d out of range (1..%d)", maxBatch, MaxBatch)
 	}
 	shapes, err := s.Shapes()
 	if err != nil {
 		return nil, err
 	}
-	net := &Net{Spec: s, MaxBatch: maxBatch, inSize: s.Input[0] * s.Input[1] * s.Input[2]}
+	if n := bufferBytes(s, shapes, maxBatch); n > maxNetBytes {
+		return nil, fmt.Errorf("model %q with batch size %d needs %.1f GiB of buffers (at most %d GiB): use a smaller batch", s.Name, maxBatch, float64(n)/(1<<30), maxNetBytes>>30)
+	}
+	net := &Net{Spec: s, MaxBatch: maxBatch, inSize: shapeSize(s.Input), classes: shapes[len(shapes)-1][0]}
 	get := func(name string, shape []int) ([]float32, error) {
 		t := sd.Get(name)
 		if t == nil {
@@ -71,6 +123,10 @@ func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
 			return nil, fmt.Errorf("%s is %s, want float32", name, t.DType)
 		}
 		f, _ := t.Float32s()
+		// A tensor from the wire may declare more than it holds.
+		if len(f) != shapeSize(shape) || len(t.Data) != 4*len(f) {
+			return nil, fmt.Errorf("%s holds %d bytes, its shape %v needs %d", name, len(t.Data), shape, 4*shapeSize(shape))
+		}
 		return append([]float32(nil), f...), nil
 	}
 	param := func(name string, shape []int) (*Param32, error) {
@@ -135,7 +191,7 @@ func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
 				return nil, err
 			}
 			nbt := sd.Get(l.Name + ".num_batches_tracked")
-			if nbt == nil || len(nbt.Shape) != 0 {
+			if nbt == nil || len(nbt.Shape) != 0 || nbt.DType.Size() == 0 || len(nbt.Data) != nbt.DType.Size() {
 				return nil, fmt.Errorf("state dict has no 0-dim %s.num_batches_tracked", l.Name)
 			}
 			counter := []int64{int64(nbt.Float64At(0))}
@@ -192,6 +248,19 @@ func shapeSize(s []int) int {
 		n *= d
 	}
 	return n
+}
+
+// CheckFinite reports the first state entry holding a NaN or an infinity:
+// weights that diverged must not be saved or sent as a model.
+func (n *Net) CheckFinite() error {
+	for _, e := range n.state {
+		for _, v := range e.f32 {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return fmt.Errorf("%s holds %v: training diverged (try a smaller learning rate)", e.name, v)
+			}
+		}
+	}
+	return nil
 }
 
 // Params returns the learnable parameters in state-dict order.

@@ -35,7 +35,7 @@ func TestSpecRoundTripAndErrors(t *testing.T) {
 	for _, c := range []struct{ json, want string }{
 		{`{"input":[3,8,8],"layers":[{"op":"conv3d","name":"c"}]}`, "unknown op"},
 		{`{"input":[3,8,8],"layers":[{"op":"conv2d","out":4,"kernel":3}]}`, "needs a name"},
-		{`{"input":[3,8,8],"layers":[{"op":"conv2d","name":"c","out":4,"kernel":9}]}`, "kernel larger"},
+		{`{"input":[3,8,8],"layers":[{"op":"conv2d","name":"c","out":4,"kernel":9}]}`, "kernel 9 larger"},
 		{`{"input":[3,8,8],"layers":[{"op":"linear","name":"fc","out":2}]}`, "flatten first"},
 		{`{"input":[3,8,8],"layers":[{"op":"flatten"},{"op":"linear","name":"a","out":2},{"op":"linear","name":"a","out":2}]}`, "name used twice"},
 		{`{"input":[3,8,8],"classes":3,"layers":[{"op":"flatten"},{"op":"linear","name":"fc","out":2}]}`, "classes is 3"},

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"unicode"
 )
 
 // A Spec describes a feed-forward network: an input shape and layers in order.
@@ -89,12 +90,64 @@ type Param struct {
 	Int64 bool  // num_batches_tracked
 }
 
-// maxDim bounds every size in a spec, so that a hostile spec cannot ask for
-// absurd allocations.
-const maxDim = 1 << 24
+// Bounds on what a spec may ask for. A spec arrives inside a job, so a
+// hostile or mistaken one must fail at load, not when the net allocates.
+const (
+	maxDim         = 1 << 24 // output channels or features of one layer
+	maxLayers      = 1024
+	maxKernel      = 64      // conv2d and maxpool2d kernels, conv2d padding
+	maxInputValues = 1 << 26 // C·H·W of one input image
+	maxValues      = 1 << 28 // one layer's output, or a conv's im2col matrix, for one image
+	maxParams      = 1 << 28 // learnable values of the whole net (1 GiB as float32)
+)
+
+// maxNameBytes bounds spec and layer names: they end up in logs, messages
+// and state-dict keys, where a newline could forge a line.
+const maxNameBytes = 128
+
+func printable(s string) bool {
+	if len(s) > maxNameBytes {
+		return false
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// usedFields are the Layer fields each op reads besides op and name; a
+// field set on an op that ignores it would make the net differ silently
+// from the PyTorch module the spec describes.
+var usedFields = map[string]map[string]bool{
+	"conv2d":      {"out": true, "kernel": true, "stride": true, "padding": true},
+	"batchnorm2d": {"eps": true, "momentum": true},
+	"relu":        {},
+	"maxpool2d":   {"kernel": true, "stride": true},
+	"flatten":     {},
+	"linear":      {"out": true},
+	"dropout":     {"p": true},
+}
+
+func (l Layer) setFields() []string {
+	var f []string
+	for _, c := range []struct {
+		name string
+		set  bool
+	}{{"out", l.Out != 0}, {"kernel", l.Kernel != 0}, {"stride", l.Stride != 0}, {"padding", l.Padding != 0},
+		{"eps", l.Eps != 0}, {"momentum", l.Momentum != 0}, {"p", l.P != 0}} {
+		if c.set {
+			f = append(f, c.name)
+		}
+	}
+	return f
+}
 
 // Shapes checks the spec and returns the activation shape after each layer
-// (without the batch dimension).
+// (without the batch dimension). It checks the whole chain: every kernel
+// fits its (padded) input, every output has at least one value, linear
+// layers follow a flatten, and sizes and parameter counts stay bounded.
 func (s *Spec) Shapes() ([][]int, error) {
 	if len(s.Input) != 3 {
 		return nil, fmt.Errorf("model spec: input must be [channels, height, width], got %v", s.Input)
@@ -104,12 +157,29 @@ func (s *Spec) Shapes() ([][]int, error) {
 			return nil, fmt.Errorf("model spec: bad input size %v", s.Input)
 		}
 	}
+	if s.Input[0]*s.Input[1]*s.Input[2] > maxInputValues {
+		return nil, fmt.Errorf("model spec: input %v has more than %d values", s.Input, maxInputValues)
+	}
+	if !printable(s.Name) {
+		return nil, fmt.Errorf("model spec: name %q must be at most %d printable characters", s.Name, maxNameBytes)
+	}
 	if len(s.Layers) == 0 {
 		return nil, errors.New("model spec: no layers")
+	}
+	if len(s.Layers) > maxLayers {
+		return nil, fmt.Errorf("model spec: %d layers (at most %d)", len(s.Layers), maxLayers)
 	}
 	shape := append([]int{}, s.Input...)
 	names := map[string]bool{}
 	var out [][]int
+	params := 0
+	addParams := func(where string, n int) error {
+		if n > maxParams-params {
+			return fmt.Errorf("%s: the net would have more than %d parameters", where, maxParams)
+		}
+		params += n
+		return nil
+	}
 	for i, l := range s.Layers {
 		where := fmt.Sprintf("model spec: layer %d (%s)", i, l.Op)
 		if l.Name != "" {
@@ -119,9 +189,16 @@ func (s *Spec) Shapes() ([][]int, error) {
 			}
 			names[l.Name] = true
 		}
+		if used, ok := usedFields[l.Op]; ok {
+			for _, f := range l.setFields() {
+				if !used[f] {
+					return nil, fmt.Errorf("%s: %s does not apply to %s", where, f, l.Op)
+				}
+			}
+		}
 		needName := func() error {
-			if l.Name == "" || strings.ContainsAny(l.Name, ". ") {
-				return fmt.Errorf("%s: needs a name without dots or spaces (it prefixes the state-dict keys)", where)
+			if l.Name == "" || strings.ContainsAny(l.Name, ". ") || !printable(l.Name) {
+				return fmt.Errorf("%s: needs a name without dots or spaces, of printable characters (it prefixes the state-dict keys)", where)
 			}
 			return nil
 		}
@@ -131,19 +208,31 @@ func (s *Spec) Shapes() ([][]int, error) {
 				return nil, err
 			}
 			if len(shape) != 3 {
-				return nil, fmt.Errorf("%s: input is not [C, H, W]", where)
+				return nil, fmt.Errorf("%s: input %v is not [C, H, W]", where, shape)
 			}
 			stride := l.Stride
 			if stride == 0 {
 				stride = 1
 			}
-			if l.Out <= 0 || l.Out > maxDim || l.Kernel <= 0 || l.Kernel > 64 || stride <= 0 || l.Padding < 0 || l.Padding > 64 {
-				return nil, fmt.Errorf("%s: bad out/kernel/stride/padding", where)
+			if l.Out <= 0 || l.Out > maxDim || l.Kernel <= 0 || l.Kernel > maxKernel || stride <= 0 || stride > 1<<16 || l.Padding < 0 || l.Padding > maxKernel {
+				return nil, fmt.Errorf("%s: bad out/kernel/stride/padding (out 1..%d, kernel 1..%d, padding 0..%d)", where, maxDim, maxKernel, maxKernel)
 			}
-			h := (shape[1]+2*l.Padding-l.Kernel)/stride + 1
-			w := (shape[2]+2*l.Padding-l.Kernel)/stride + 1
-			if h <= 0 || w <= 0 {
-				return nil, fmt.Errorf("%s: kernel larger than its %dx%d input", where, shape[1], shape[2])
+			ph, pw := shape[1]+2*l.Padding, shape[2]+2*l.Padding
+			if l.Kernel > ph || l.Kernel > pw {
+				return nil, fmt.Errorf("%s: kernel %d larger than its %dx%d input (padded %dx%d)", where, l.Kernel, shape[1], shape[2], ph, pw)
+			}
+			h, w := (ph-l.Kernel)/stride+1, (pw-l.Kernel)/stride+1
+			if cols := shape[0] * l.Kernel * l.Kernel; cols > maxValues/(h*w) {
+				return nil, fmt.Errorf("%s: its %d×%d patches of %d channels would take more than %d values per image", where, h, w, shape[0], maxValues)
+			}
+			if h*w > maxValues/l.Out {
+				return nil, fmt.Errorf("%s: output %dx%dx%d has more than %d values", where, l.Out, h, w, maxValues)
+			}
+			if shape[0]*l.Kernel*l.Kernel > maxParams/l.Out {
+				return nil, fmt.Errorf("%s: more than %d weights", where, maxParams)
+			}
+			if err := addParams(where, l.Out*shape[0]*l.Kernel*l.Kernel+l.Out); err != nil {
+				return nil, err
 			}
 			shape = []int{l.Out, h, w}
 		case "batchnorm2d":
@@ -151,31 +240,36 @@ func (s *Spec) Shapes() ([][]int, error) {
 				return nil, err
 			}
 			if len(shape) != 3 {
-				return nil, fmt.Errorf("%s: input is not [C, H, W]", where)
+				return nil, fmt.Errorf("%s: input %v is not [C, H, W]", where, shape)
+			}
+			if !(l.Eps >= 0 && l.Eps < 1) || !(l.Momentum >= 0 && l.Momentum <= 1) {
+				return nil, fmt.Errorf("%s: eps must be in [0, 1) and momentum in [0, 1] (0: PyTorch's default)", where)
+			}
+			if err := addParams(where, 2*shape[0]); err != nil {
+				return nil, err
 			}
 		case "relu", "dropout":
-			if l.Op == "dropout" && (l.P < 0 || l.P >= 1) {
+			if l.Op == "dropout" && !(l.P >= 0 && l.P < 1) {
 				return nil, fmt.Errorf("%s: p must be in [0, 1)", where)
 			}
 		case "maxpool2d":
-			if len(shape) != 3 || l.Kernel <= 0 {
-				return nil, fmt.Errorf("%s: needs a kernel and a [C, H, W] input", where)
+			if len(shape) != 3 {
+				return nil, fmt.Errorf("%s: input %v is not [C, H, W]", where, shape)
 			}
 			stride := l.Stride
 			if stride == 0 {
 				stride = l.Kernel
 			}
-			h, w := (shape[1]-l.Kernel)/stride+1, (shape[2]-l.Kernel)/stride+1
-			if h <= 0 || w <= 0 {
-				return nil, fmt.Errorf("%s: kernel larger than its input", where)
+			if l.Kernel <= 0 || l.Kernel > maxKernel || stride <= 0 || stride > 1<<16 {
+				return nil, fmt.Errorf("%s: needs a kernel of 1..%d and a positive stride", where, maxKernel)
 			}
+			if l.Kernel > shape[1] || l.Kernel > shape[2] {
+				return nil, fmt.Errorf("%s: kernel %d larger than its %dx%d input", where, l.Kernel, shape[1], shape[2])
+			}
+			h, w := (shape[1]-l.Kernel)/stride+1, (shape[2]-l.Kernel)/stride+1
 			shape = []int{shape[0], h, w}
 		case "flatten":
-			n := 1
-			for _, d := range shape {
-				n *= d
-			}
-			shape = []int{n}
+			shape = []int{shapeSize(shape)}
 		case "linear":
 			if err := needName(); err != nil {
 				return nil, err
@@ -183,8 +277,14 @@ func (s *Spec) Shapes() ([][]int, error) {
 			if len(shape) != 1 {
 				return nil, fmt.Errorf("%s: input has shape %v; flatten first", where, shape)
 			}
-			if l.Out <= 0 || l.Out > maxDim || shape[0]*l.Out > 1<<31 {
-				return nil, fmt.Errorf("%s: bad size", where)
+			if l.Out <= 0 || l.Out > maxDim {
+				return nil, fmt.Errorf("%s: out must be 1..%d", where, maxDim)
+			}
+			if shape[0] > maxParams/l.Out {
+				return nil, fmt.Errorf("%s: %d×%d weights (at most %d)", where, l.Out, shape[0], maxParams)
+			}
+			if err := addParams(where, l.Out*shape[0]+l.Out); err != nil {
+				return nil, err
 			}
 			shape = []int{l.Out}
 		default:
@@ -193,7 +293,7 @@ func (s *Spec) Shapes() ([][]int, error) {
 		out = append(out, shape)
 	}
 	if len(shape) != 1 {
-		return nil, fmt.Errorf("model spec: output has shape %v, want [classes]", shape)
+		return nil, fmt.Errorf("model spec: output has shape %v, want [classes]; end with flatten and linear", shape)
 	}
 	if s.Classes != 0 && shape[0] != s.Classes {
 		return nil, fmt.Errorf("model spec: output has %d values but classes is %d", shape[0], s.Classes)

@@ -3,6 +3,7 @@ package model
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"time"
 )
@@ -21,6 +22,23 @@ type TrainConfig struct {
 	// Warn, when set, is told about images that were skipped.
 	Warn func(string)
 }
+
+// Check refuses hyper-parameters that cannot train, before any work:
+// a NaN, infinite or non-positive learning rate would end in NaN weights.
+func (c TrainConfig) Check() error {
+	if c.Epochs <= 0 || c.Epochs > maxEpochs {
+		return fmt.Errorf("epochs must be 1..%d, got %d", maxEpochs, c.Epochs)
+	}
+	if !(c.LR > 0) || math.IsInf(c.LR, 0) {
+		return fmt.Errorf("learning rate must be a positive finite number, got %v", c.LR)
+	}
+	if c.Batch <= 0 || c.Batch > MaxBatch {
+		return fmt.Errorf("batch size must be 1..%d, got %d", MaxBatch, c.Batch)
+	}
+	return nil
+}
+
+const maxEpochs = 1 << 20
 
 // EpochStats summarises one epoch.
 type EpochStats struct {
@@ -56,7 +74,7 @@ type batchStream struct {
 // loader2 decodes and transforms batches on its own goroutine, one batch
 // ahead of the network, so that decoding overlaps with compute. Unreadable
 // images are skipped and reported through warn.
-func loader2(ctx context.Context, samples []Sample, order []int, size int, rng *rand.Rand, warn func(string), inSize int) batchStream {
+func loader2(ctx context.Context, samples []Sample, order []int, size int, rng *rand.Rand, warn func(string), inSize, h, w int) batchStream {
 	out := make(chan batch)
 	free := make(chan []float32, 2)
 	for i := 0; i < 2; i++ {
@@ -74,6 +92,9 @@ func loader2(ctx context.Context, samples []Sample, order []int, size int, rng *
 			}
 			b := batch{x: x}
 			for b.n < size && i < len(order) {
+				if ctx.Err() != nil {
+					return
+				}
 				s := samples[order[i]]
 				i++
 				img, err := LoadRGB(s.Path)
@@ -83,7 +104,7 @@ func loader2(ctx context.Context, samples []Sample, order []int, size int, rng *
 					}
 					continue
 				}
-				Transform(img, rng, x[b.n*inSize:(b.n+1)*inSize])
+				Transform(img, rng, x[b.n*inSize:(b.n+1)*inSize], h, w)
 				b.labels = append(b.labels, s.Class)
 				b.samples = append(b.samples, s)
 				b.n++
@@ -91,6 +112,9 @@ func loader2(ctx context.Context, samples []Sample, order []int, size int, rng *
 			if b.n == 0 {
 				free <- x
 				continue
+			}
+			if ctx.Err() != nil {
+				return
 			}
 			select {
 			case out <- b:
@@ -113,10 +137,14 @@ func Train(ctx context.Context, net *Net, samples []Sample, cfg TrainConfig) (in
 	if len(samples) == 0 {
 		return 0, fmt.Errorf("no training images")
 	}
-	if cfg.Epochs <= 0 {
-		return 0, fmt.Errorf("epochs must be positive, got %d", cfg.Epochs)
+	if err := cfg.Check(); err != nil {
+		return 0, err
 	}
-	classes := net.Spec.Layers[len(net.Spec.Layers)-1].Out
+	h, w, err := net.Spec.ImageInput()
+	if err != nil {
+		return 0, err
+	}
+	classes := net.classes
 	for _, s := range samples {
 		if s.Class >= classes {
 			return 0, fmt.Errorf("%s has class %d but the model has %d outputs", s.Path, s.Class, classes)
@@ -135,13 +163,22 @@ func Train(ctx context.Context, net *Net, samples []Sample, cfg TrainConfig) (in
 			augment = rand.New(rand.NewPCG(rng.Uint64(), 1))
 		}
 		ctx2, cancel := context.WithCancel(ctx)
-		batches := loader2(ctx2, samples, order, cfg.Batch, augment, cfg.Warn, net.inSize)
+		batches := loader2(ctx2, samples, order, cfg.Batch, augment, cfg.Warn, net.inSize, h, w)
 		var lossSum float64
 		var correct, images, nb int
-		for b := range batches.out {
-			if err := ctx.Err(); err != nil {
+		for {
+			// Waiting on the loader must not hide a cancellation: it may be
+			// stuck on a slow file.
+			var b batch
+			var ok bool
+			select {
+			case b, ok = <-batches.out:
+			case <-ctx.Done():
 				cancel()
-				return 0, err
+				return 0, ctx.Err()
+			}
+			if !ok {
+				break
 			}
 			gr, err := graphs.get(b.n)
 			if err != nil {
@@ -240,14 +277,28 @@ func Predict(ctx context.Context, net *Net, samples []Sample, batchSize int, war
 	for i := range order {
 		order[i] = i
 	}
-	classes := net.Spec.Layers[len(net.Spec.Layers)-1].Out
+	h, w, err := net.Spec.ImageInput()
+	if err != nil {
+		return nil, err
+	}
+	classes := net.classes
 	ctx2, cancel := context.WithCancel(ctx)
 	defer cancel()
-	batches := loader2(ctx2, samples, order, batchSize, nil, warn, net.inSize)
+	batches := loader2(ctx2, samples, order, batchSize, nil, warn, net.inSize, h, w)
 	graphs := graphCache{net: net}
 	defer graphs.close()
 	var out []Prediction
-	for b := range batches.out {
+	for {
+		var b batch
+		var ok bool
+		select {
+		case b, ok = <-batches.out:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if !ok {
+			break
+		}
 		gr, err := graphs.get(b.n)
 		if err != nil {
 			return nil, err

@@ -12,7 +12,11 @@ cd "$work"
 
 echo "== 1. key (as Fernet.generate_key() writes it, mode 0600), mounted as the FCP secret"
 "$bin" keygen key.txt
-printf '{"key": "%s"}' "$(cat key.txt)" > input/secret_run_params.json
+# The FCP secret holds the same key: only its owner may read it.
+(umask 077 && printf '{"key": "%s"}' "$(cat key.txt)" > input/secret_run_params.json)
+chmod 600 input/secret_run_params.json
+echo "the key is in $work/key.txt and $work/input/secret_run_params.json (mode 0600): keep it secret;"
+echo "whoever reads it can decrypt the architecture and the model"
 
 echo "== 2. the job: NVFlare configs, and the architecture only encrypted"
 cp -r "$here/job/pneumonia/config" job/
@@ -39,3 +43,4 @@ head -4 output/dataset.csv
 echo
 echo "encrypted model: $work/output/model_parameters.pt.enc"
 echo "inference CSV:   $work/output/dataset.csv"
+echo "key (secret):    $work/key.txt, $work/input/secret_run_params.json"

@@ -144,7 +144,7 @@ func (c *command) bench(args []string) error {
 		return c.benchFL(args[1:])
 	}
 	if len(args) == 0 || args[0] != "persist" {
-		return fmt.Errorf("%w: want 'bench persist|model [flags]'", errUsage)
+		return fmt.Errorf("%w: want 'bench persist|model|fl [flags]'", errUsage)
 	}
 	fs := c.flags("bench persist", "[--cases pneumonia,256MB] [--repeat N] [--python PATH]")
 	cases := fs.String("cases", "pneumonia,256MB", "state dicts to save and load: pneumonia, 256MB, 2GB")
@@ -235,7 +235,7 @@ func (c *command) benchChild(args []string) error {
 	if args[0] == "train" || args[0] == "infer" {
 		return c.benchModelChild(args)
 	}
-	k, err := persistor.ReadKeyFile(args[2])
+	k, err := readKeyFile(args[2])
 	if err != nil {
 		return err
 	}
@@ -245,7 +245,7 @@ func (c *command) benchChild(args []string) error {
 		if len(args) != 4 {
 			return errUsage
 		}
-		ck, err := persistor.ReadCheckpointFile(args[1], nil)
+		ck, err := readCheckpointFile(args[1], nil)
 		if err != nil {
 			return err
 		}
@@ -257,7 +257,7 @@ func (c *command) benchChild(args []string) error {
 		dt = time.Since(t0)
 	case "load":
 		t0 := time.Now()
-		ck, err := persistor.ReadCheckpointFile(args[1], k)
+		ck, err := readCheckpointFile(args[1], k)
 		if err != nil {
 			return err
 		}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -121,6 +122,10 @@ func (t *trainer) Execute(ctx context.Context, task string, data *flare.Shareabl
 	if err != nil {
 		return nil, err
 	}
+	// Weights that diverged must not reach the server's average.
+	if err := net.CheckFinite(); err != nil {
+		return nil, fmt.Errorf("train: %w", err)
+	}
 	sd := net.StateDict()
 	t.mu.Lock()
 	t.last = sd
@@ -207,6 +212,9 @@ func registry(jobDir string, key *persistor.Key, input, output string, logf func
 						return nil, fmt.Errorf("%s args: %w", pathTrainer, err)
 					}
 				}
+				if err := (model.TrainConfig{Epochs: args.Epochs, LR: args.LR, Batch: args.Batch}).Check(); err != nil {
+					return nil, fmt.Errorf("%s args (lr, epochs, batch_size): %w", pathTrainer, err)
+				}
 				spec, err := jobSpec(jobDir, args.Model, key)
 				if err != nil {
 					return nil, err
@@ -245,31 +253,29 @@ func registry(jobDir string, key *persistor.Key, input, output string, logf func
 }
 
 // applySets applies NVFlare-style --set key=value overrides to the
-// ScatterAndGather workflow's arguments (e.g. wait_time_after_min_received=0).
+// workflows' arguments (e.g. wait_time_after_min_received=0); an unknown
+// key is refused with the list of known ones.
 func applySets(cfg *flare.ServerConfig, sets []string) error {
-	for i, w := range cfg.Workflows {
-		args := map[string]any{}
-		if len(w.Args) > 0 {
-			if err := json.Unmarshal(w.Args, &args); err != nil {
-				return err
-			}
+	for _, s := range sets {
+		k, v, ok := strings.Cut(s, "=")
+		if !ok {
+			return fmt.Errorf("%w: --set %q is not key=value", errUsage, s)
 		}
-		for _, s := range sets {
-			k, v, ok := strings.Cut(s, "=")
-			if !ok {
-				return fmt.Errorf("%w: --set %q is not key=value", errUsage, s)
-			}
-			if _, known := args[k]; !known {
-				continue
-			}
-			if f, err := strconv.ParseFloat(v, 64); err == nil {
-				args[k] = f
-			} else {
-				args[k] = v
-			}
+		if err := cfg.SetWorkflowArg(k, v); err != nil {
+			return fmt.Errorf("%w: %v", errUsage, err)
 		}
-		b, _ := json.Marshal(args)
-		cfg.Workflows[i].Args = b
+	}
+	return nil
+}
+
+// checkSetKeys refuses --set keys that are neither one of the command's own
+// (startup) keys nor a workflow argument, before anything starts.
+func checkSetKeys(sets map[string]string, own ...string) error {
+	for k := range sets {
+		if !slices.Contains(own, k) && !slices.Contains(flare.WorkflowArgKeys(), k) {
+			return fmt.Errorf("%w: --set %s: unknown key (known: %s; workflow arguments: %s)", errUsage, k,
+				strings.Join(own, ", "), strings.Join(flare.WorkflowArgKeys(), ", "))
+		}
 	}
 	return nil
 }
@@ -282,11 +288,13 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 // simulate runs the job's server and N clients in this process over
 // loopback gRPC, like `nvflare simulator`; site i reads DATA/site-i.
 func (c *command) simulate(args []string) error {
-	fs := c.flags("simulate", "JOB_DIR -n N [--data DIR] [--key-file K] [--set key=value ...]")
+	fs := c.flags("simulate", "JOB_DIR -n N [--data DIR] [--output DIR] [--key-file K] [--set key=value ...]")
 	n := fs.Int("n", 2, "number of clients")
 	data := fs.String("data", "", "folder holding one FCP input root per site: DATA/site-1, DATA/site-2, ... (default: the FCP input folder)")
 	workspace := fs.String("w", "", "workspace (unused; for NVFlare's simulator flags)")
 	keyFile := fs.String("key-file", "", "key for the encrypted spec and the global model (default: the FCP secret_run_params.json)")
+	loc := persistor.DefaultLocations()
+	fs.StringVar(&loc.Output, "output", loc.Output, "where the global model goes (the persistor's /output/...)")
 	var sets stringList
 	fs.Var(&sets, "set", "override a workflow argument, e.g. --set wait_time_after_min_received=0 (repeatable)")
 	pos, err := parse(fs, args, 1, 1)
@@ -297,13 +305,12 @@ func (c *command) simulate(args []string) error {
 	if *n < 1 || *n > 1000 {
 		return fmt.Errorf("%w: -n must be 1..1000", errUsage)
 	}
-	loc := persistor.DefaultLocations()
 	if *data == "" {
 		*data = loc.Input
 	}
 	var k *persistor.Key
 	if *keyFile != "" {
-		k, err = persistor.ReadKeyFile(*keyFile)
+		k, err = readKeyFile(*keyFile)
 	} else {
 		k, err = loc.KeyFile()
 	}
@@ -318,6 +325,43 @@ func (c *command) simulate(args []string) error {
 		return fmt.Errorf("%s: a simulated job needs both config_fed_server.json and config_fed_client.json", pos[0])
 	}
 	if err := applySets(job.Server, sets); err != nil {
+		return err
+	}
+	sag, err := job.Server.ScatterAndGather()
+	if err != nil {
+		return err
+	}
+	if sag.MinClients > *n {
+		return fmt.Errorf("%w: min_clients is %d but -n simulates %d site(s): the run would wait forever", errUsage, sag.MinClients, *n)
+	}
+	if cs, err := job.Server.CrossSiteModelEval(); err != nil {
+		return err
+	} else if cs != nil {
+		for _, p := range cs.ParticipatingClients {
+			if i, err := strconv.Atoi(strings.TrimPrefix(p, "site-")); err != nil || !strings.HasPrefix(p, "site-") || i < 1 || i > *n {
+				return fmt.Errorf("participating_clients names %q, but the simulated sites are site-1 ... site-%d", p, *n)
+			}
+		}
+	}
+	// Every site's data and the output folder are checked before the run:
+	// a site without data would otherwise fail only when its task comes.
+	if st, err := os.Stat(*data); err != nil || !st.IsDir() {
+		return fmt.Errorf("--data %s: no such folder (it should hold site-1 ... site-%d, one FCP input folder per site)", *data, *n)
+	}
+	var noData []string
+	for i := 1; i <= *n; i++ {
+		if _, err := model.TrainingFolder(filepath.Join(*data, fmt.Sprintf("site-%d", i))); err != nil {
+			noData = append(noData, fmt.Sprintf("site-%d (%v)", i, err))
+		}
+	}
+	if len(noData) > 0 {
+		shown := noData[:min(len(noData), 5)]
+		if len(noData) > len(shown) {
+			shown = append(shown, "...")
+		}
+		return fmt.Errorf("--data %s has no data for %d of %d sites: %s", *data, len(noData), *n, strings.Join(shown, "; "))
+	}
+	if err := checkOutputDir(loc.Output); err != nil {
 		return err
 	}
 	logf := func(format string, a ...any) { fmt.Fprintf(c.stderr, format+"\n", a...) }
@@ -336,6 +380,7 @@ func (c *command) simulate(args []string) error {
 	start := time.Now()
 	var wg sync.WaitGroup
 	clientErrs := make([]error, *n)
+	failures := &siteFailures{}
 	for i := 0; i < *n; i++ {
 		name := fmt.Sprintf("site-%d", i+1)
 		input := filepath.Join(*data, name)
@@ -344,10 +389,11 @@ func (c *command) simulate(args []string) error {
 		if err != nil {
 			return err
 		}
-		if simulateObserver != nil {
-			for t, ex := range tasks {
-				tasks[t] = simulateObserver(name, ex)
+		for t, ex := range tasks {
+			if simulateObserver != nil {
+				ex = simulateObserver(name, ex)
 			}
+			tasks[t] = watchedExecutor{site: name, ex: ex, failures: failures}
 		}
 		cl := &flare.Client{Name: name, Target: lis.Addr().String(), Tasks: tasks, Heartbeat: 30 * time.Second, GiveUp: 30 * time.Second}
 		wg.Add(1)
@@ -364,8 +410,61 @@ func (c *command) simulate(args []string) error {
 	if err := errors.Join(clientErrs...); err != nil {
 		return err
 	}
+	if lost := failures.sites(); len(lost) > 0 {
+		return fmt.Errorf("the run lost %d of %d site(s): %s", len(lost), *n, strings.Join(lost, "; "))
+	}
 	fmt.Fprintf(c.stderr, "simulation done in %.1f s\n", time.Since(start).Seconds())
 	return nil
+}
+
+// siteFailures records each simulated site's first failed task, so that a
+// run that went on without a site says so and exits non-zero.
+type siteFailures struct {
+	mu    sync.Mutex
+	first map[string]string
+	order []string
+}
+
+func (f *siteFailures) add(site, why string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.first == nil {
+		f.first = map[string]string{}
+	}
+	if _, seen := f.first[site]; !seen {
+		f.first[site] = why
+		f.order = append(f.order, site)
+	}
+}
+
+func (f *siteFailures) sites() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, s := range f.order {
+		out = append(out, s+": "+f.first[s])
+	}
+	return out
+}
+
+// watchedExecutor reports its site's failed tasks to failures; a task
+// stopped because the run ended or was interrupted is no failure.
+type watchedExecutor struct {
+	site     string
+	ex       flare.Executor
+	failures *siteFailures
+}
+
+func (w watchedExecutor) Execute(ctx context.Context, task string, data *flare.Shareable, fl *flare.FLContext) (*flare.Shareable, error) {
+	r, err := w.ex.Execute(ctx, task, data, fl)
+	switch {
+	case ctx.Err() != nil:
+	case err != nil:
+		w.failures.add(w.site, fmt.Sprintf("task %s failed: %v", task, err))
+	case r != nil && r.ReturnCode() != flare.RCOK:
+		w.failures.add(w.site, fmt.Sprintf("task %s failed with %s", task, r.ReturnCode()))
+	}
+	return r, err
 }
 
 // simulateObserver, set by tests, wraps each simulated site's executors
@@ -422,7 +521,7 @@ func (c *command) nvflareFlags(name string, args []string, loc *persistor.Locati
 		return nil, nil, "", nil, err
 	}
 	if *keyFile != "" {
-		key, err = persistor.ReadKeyFile(*keyFile)
+		key, err = readKeyFile(*keyFile)
 	} else {
 		key, err = loc.KeyFile()
 	}
@@ -438,9 +537,27 @@ func (c *command) server(args []string) error {
 	if err != nil {
 		return err
 	}
+	// What the server needs is checked before it listens: the kit's kind,
+	// the --set keys, the admin port, the job, the TLS files.
+	if err := kit.CheckServer(); err != nil {
+		return err
+	}
+	serverKeys := []string{"secure_train", "config_folder"}
+	if err := checkSetKeys(sets, serverKeys...); err != nil {
+		return err
+	}
 	var wf []string
 	for k, v := range sets {
-		wf = append(wf, k+"="+v)
+		if !slices.Contains(serverKeys, k) {
+			wf = append(wf, k+"="+v)
+		}
+	}
+	adminPort := kit.Servers[0].AdminPort
+	if adminPort <= 0 && jobDir == "" {
+		return fmt.Errorf("%w: without --job the server needs an admin_port in %s to be told what to run", errUsage, kit.Path)
+	}
+	if err := checkOutputDir(loc.Output); err != nil {
+		return err
 	}
 	logf := func(format string, a ...any) { fmt.Fprintf(c.stderr, format+"\n", a...) }
 	// build makes the server side of an app folder.
@@ -484,20 +601,16 @@ func (c *command) server(args []string) error {
 	if secure {
 		opt, err := kit.ServerCredentials()
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", kit.Path, err)
 		}
 		srv.ServerOptions = append(srv.ServerOptions, opt)
 	}
-	lis, err := net.Listen("tcp", kit.Target())
-	if err != nil {
-		return err
-	}
-	logf("server: listening on %s (secure_train=%v)", lis.Addr(), secure)
-	if port := kit.Servers[0].AdminPort; port > 0 {
-		console := srv.Console(filepath.Dir(kit.Dir), build)
+	var console *hci.Server
+	if adminPort > 0 {
+		console = srv.Console(filepath.Dir(kit.Dir), build)
 		if secure {
 			if console.TLS, err = kit.AdminTLS(); err != nil {
-				return err
+				return fmt.Errorf("%s: %w", kit.Path, err)
 			}
 		} else {
 			// NVFlare's POC user; secure mode admits certificates only.
@@ -507,20 +620,27 @@ func (c *command) server(args []string) error {
 			}
 			console.Users = map[string]string{"admin": h}
 		}
+	}
+	lis, err := net.Listen("tcp", kit.Target())
+	if err != nil {
+		return fmt.Errorf("%s: servers[0].service.target %s: %w", kit.Path, kit.Target(), err)
+	}
+	if console != nil {
 		host := kit.Servers[0].AdminHost
 		if host == "" {
 			host = "localhost"
 		}
-		alis, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+		addr := net.JoinHostPort(host, strconv.Itoa(adminPort))
+		alis, err := net.Listen("tcp", addr)
 		if err != nil {
-			return fmt.Errorf("admin console: %w", err)
+			lis.Close()
+			return fmt.Errorf("%s: admin console on %s (admin_host, admin_port): %w", kit.Path, addr, err)
 		}
 		logf("server: admin console on %s (%s)", alis.Addr(), map[bool]string{true: "client certificates", false: "POC login admin/admin"}[secure])
 		go console.Serve(alis)
 		defer console.Close()
-	} else if jobDir == "" {
-		return fmt.Errorf("%w: without --job the server needs an admin_port in %s to be told what to run", errUsage, filepath.Join(kit.Dir, "fed_server.json"))
 	}
+	logf("server: listening on %s (secure_train=%v)", lis.Addr(), secure)
 	ctx, stop := interruptible()
 	defer stop()
 	return srv.Serve(ctx, lis)
@@ -532,6 +652,14 @@ func (c *command) client(args []string) error {
 	kit, sets, jobDir, k, err := c.nvflareFlags("client", args, &loc)
 	if err != nil {
 		return err
+	}
+	if err := kit.CheckClient(); err != nil {
+		return err
+	}
+	for k := range sets {
+		if known := []string{"uid", "secure_train", "config_folder"}; !slices.Contains(known, k) {
+			return fmt.Errorf("%w: --set %s: unknown key for a client (known: %s)", errUsage, k, strings.Join(known, ", "))
+		}
 	}
 	name := sets["uid"]
 	if name == "" {
@@ -556,7 +684,7 @@ func (c *command) client(args []string) error {
 	if sets["secure_train"] == "true" {
 		opt, err := kit.ClientCredentials()
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", kit.Path, err)
 		}
 		cl.DialOptions = []grpc.DialOption{opt}
 	}

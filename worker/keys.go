@@ -73,7 +73,7 @@ func inKeyOut(fs *flag.FlagSet, args []string) (in string, k *persistor.Key, out
 	if err != nil {
 		return "", nil, "", err
 	}
-	k, err = persistor.ReadKeyFile(pos[1])
+	k, err = readKeyFile(pos[1])
 	return pos[0], k, pos[2], err
 }
 
@@ -86,6 +86,9 @@ func (c *command) decrypt(args []string) error {
 	}
 	if *ttl < 0 {
 		*ttl = persistor.NoTTL
+	}
+	if err := regularFile(in); err != nil {
+		return err
 	}
 	plain, err := persistor.DecryptFile(in, *ttl, k)
 	if err != nil {
@@ -135,9 +138,15 @@ func (c *command) unseal(args []string) error {
 		if err != nil {
 			return err
 		}
-		if !d.IsDir() && strings.HasSuffix(d.Name(), ".enc") {
-			files = append(files, path)
+		if d.IsDir() || !strings.HasSuffix(d.Name(), ".enc") {
+			return nil
 		}
+		// Only regular files (or links to them): a named pipe would block
+		// the entrypoint before the job starts.
+		if st, err := os.Stat(path); err != nil || !st.Mode().IsRegular() {
+			return fmt.Errorf("%s is not a regular file", path)
+		}
+		files = append(files, path)
 		return nil
 	})
 	if err != nil {

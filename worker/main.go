@@ -37,7 +37,7 @@ Federated learning (NVFlare 2.0 wire protocol):
   admin [--host H --port P] CMD   the operator's console (NVFlare's fl_admin.sh): upload_app APP,
                                   set_run_number N, deploy_app APP all, start_app all, wait_run,
                                   check_status server|client, abort, shutdown all
-  simulate JOB_DIR -n N [--data DIR]   the job's server and N clients in one process over loopback gRPC
+  simulate JOB_DIR -n N [--data DIR] [--output DIR]   the job's server and N clients in one process over loopback gRPC
 
 Measurements:
   bench persist [--cases ...]     encrypted save and load, side by side with Python (torch + cryptography)

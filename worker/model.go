@@ -1,8 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -39,7 +39,7 @@ func (c *command) modelFlags(fs interface {
 
 func (m *modelFlags) key() (*persistor.Key, error) {
 	if m.keyFile != "" {
-		return persistor.ReadKeyFile(m.keyFile)
+		return readKeyFile(m.keyFile)
 	}
 	return m.loc.KeyFile()
 }
@@ -73,9 +73,20 @@ func (c *command) train(args []string) error {
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
 	}
+	cfg := model.TrainConfig{
+		Epochs: *epochs, LR: *lr, Batch: m.batch, Seed: *seed, Augment: !*noAugment,
+		Progress: func(s model.EpochStats) { fmt.Fprintln(c.stderr, s) },
+		Warn:     func(msg string) { fmt.Fprintln(c.stderr, "warning:", msg) },
+	}
+	if err := cfg.Check(); err != nil {
+		return fmt.Errorf("%w: %v (--epochs, --lr, --batch)", errUsage, err)
+	}
 	start := time.Now()
 	k, spec, err := m.keyAndSpec()
 	if err != nil {
+		return err
+	}
+	if err := checkOutputDir(m.loc.Output); err != nil {
 		return err
 	}
 	root, err := model.TrainingFolder(m.loc.Input)
@@ -91,7 +102,7 @@ func (c *command) train(args []string) error {
 	}
 	var sd *persistor.StateDict
 	if *weights != "" {
-		ck, err := persistor.ReadCheckpointFile(*weights, k)
+		ck, err := readCheckpointFile(*weights, k)
 		if err != nil {
 			return err
 		}
@@ -101,19 +112,24 @@ func (c *command) train(args []string) error {
 	}
 	net, err := model.NewNet(spec, sd, m.batch)
 	if err != nil {
+		if *weights != "" {
+			return fmt.Errorf("%s: %w", *weights, err)
+		}
 		return err
 	}
 	fmt.Fprintf(c.stderr, "training %s on %d images in %d classes (%s) from %s; ready in %s\n",
 		spec.Name, len(samples), len(classes), strings.Join(classes, ", "), root, time.Since(start).Round(time.Millisecond))
 	ctx, stop := interruptible()
 	defer stop()
-	steps, err := model.Train(ctx, net, samples, model.TrainConfig{
-		Epochs: *epochs, LR: *lr, Batch: m.batch, Seed: *seed, Augment: !*noAugment,
-		Progress: func(s model.EpochStats) { fmt.Fprintln(c.stderr, s) },
-		Warn:     func(msg string) { fmt.Fprintln(c.stderr, "warning:", msg) },
-	})
+	steps, err := model.Train(ctx, net, samples, cfg)
 	if err != nil {
+		if ctx.Err() != nil {
+			return errors.New("interrupted: training stopped, no weights written")
+		}
 		return err
+	}
+	if err := net.CheckFinite(); err != nil {
+		return fmt.Errorf("not saving the weights: %w", err)
 	}
 	out := filepath.Join(m.loc.Output, "model_parameters.pt.enc")
 	p := &persistor.SecuredPersistor{Path: out, Key: k, ModelName: spec.Name}
@@ -136,7 +152,7 @@ func (c *command) infer(args []string) error {
 	if err != nil {
 		return err
 	}
-	ck, err := persistor.ReadCheckpointFile(pos[0], k)
+	ck, err := readCheckpointFile(pos[0], k)
 	if err != nil {
 		return err
 	}
@@ -144,9 +160,9 @@ func (c *command) infer(args []string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", pos[0], err)
 	}
-	csvIn := filepath.Join(m.loc.Input, "dataset.csv")
-	in, err := os.ReadFile(csvIn)
-	if err != nil {
+	// Everything that can be checked is checked before the images are
+	// scored: the output folder, the CSV and its path column.
+	if err := checkOutputDir(m.loc.Output); err != nil {
 		return err
 	}
 	root := filepath.Join(m.loc.Input, "file_data")
@@ -154,29 +170,48 @@ func (c *command) infer(args []string) error {
 	if err != nil {
 		return err
 	}
-	ctx, stop := interruptible()
-	defer stop()
-	start := time.Now()
-	preds, err := model.Predict(ctx, net, samples, m.batch, func(msg string) { fmt.Fprintln(c.stderr, "warning:", msg) })
+	csvIn := filepath.Join(m.loc.Input, "dataset.csv")
+	in, err := model.OpenRegular(csvIn)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stderr, "scored %d images in %.1f s\n", len(preds), time.Since(start).Seconds())
-	var out bytes.Buffer
-	rep, err := model.ScoreCSV(bytes.NewReader(in), &out, preds, root, *column)
+	defer in.Close()
+	ctx, stop := interruptible()
+	defer stop()
+	plan, err := model.PlanScores(ctx, in, samples, root, *column)
 	if err != nil {
 		return fmt.Errorf("%s: %w", csvIn, err)
 	}
-	csvOut := filepath.Join(m.loc.Output, "dataset.csv")
-	if err := persistor.WriteFileAtomic(csvOut, 0o644, func(w io.Writer) error {
-		_, err := w.Write(out.Bytes())
+	start := time.Now()
+	preds, err := model.Predict(ctx, net, samples, m.batch, func(msg string) { fmt.Fprintln(c.stderr, "warning:", msg) })
+	if err != nil {
+		if ctx.Err() != nil {
+			return errors.New("interrupted: scoring stopped, nothing written")
+		}
 		return err
+	}
+	fmt.Fprintf(c.stderr, "scored %d images in %.1f s\n", len(preds), time.Since(start).Seconds())
+	if _, err := in.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	csvOut := filepath.Join(m.loc.Output, "dataset.csv")
+	var rep *model.ScoreReport
+	if err := persistor.WriteFileAtomic(csvOut, 0o644, func(w io.Writer) error {
+		rep, err = plan.Write(ctx, in, w, preds)
+		if err != nil {
+			return fmt.Errorf("%s: %w", csvIn, err)
+		}
+		return nil
 	}); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.stderr, "matched %d rows by column %q\n", rep.Matched, rep.PathColumn)
-	if len(rep.RowsWithout) > 0 {
-		fmt.Fprintf(c.stderr, "warning: %d rows name no image (rows %s); their %s is empty\n", len(rep.RowsWithout), listInts(rep.RowsWithout), model.ScoreColumn)
+	if rep.Unmatched > 0 {
+		rows := listInts(rep.UnmatchedRows)
+		if rep.Unmatched > len(rep.UnmatchedRows) {
+			rows += ", ..."
+		}
+		fmt.Fprintf(c.stderr, "warning: %d rows name no image (rows %s); their %s is empty\n", rep.Unmatched, rows, model.ScoreColumn)
 	}
 	if len(rep.ImagesWithout) > 0 {
 		fmt.Fprintf(c.stderr, "warning: %d images have no row: %s\n", len(rep.ImagesWithout), listStrings(rep.ImagesWithout))
@@ -186,6 +221,52 @@ func (c *command) infer(args []string) error {
 	}
 	fmt.Fprintf(c.stderr, "wrote %s\n", csvOut)
 	return nil
+}
+
+// regularFile refuses a path that is not a regular file (or a link to
+// one) before it is opened: opening a named pipe blocks until a writer
+// comes, and reading a device may never end.
+func regularFile(path string) error {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil // the reader reports it in its own words
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", path)
+	}
+	return nil
+}
+
+func readKeyFile(path string) (*persistor.Key, error) {
+	if err := regularFile(path); err != nil {
+		return nil, err
+	}
+	return persistor.ReadKeyFile(path)
+}
+
+func readCheckpointFile(path string, k *persistor.Key) (*persistor.Checkpoint, error) {
+	if err := regularFile(path); err != nil {
+		return nil, err
+	}
+	return persistor.ReadCheckpointFile(path, k)
+}
+
+// checkOutputDir fails now, not after the long work, when dir cannot take
+// the output: it must be an existing folder in which files can be made.
+func checkOutputDir(dir string) error {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("output folder: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("output folder %s is not a directory", dir)
+	}
+	f, err := os.CreateTemp(dir, ".flarego-check-*")
+	if err != nil {
+		return fmt.Errorf("output folder %s is not writable: %w", dir, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
 }
 
 func listInts(v []int) string {

@@ -19,6 +19,9 @@ func (c *command) pt(args []string) error {
 		return err
 	}
 	name := pos[0]
+	if err := regularFile(name); err != nil {
+		return err
+	}
 	var k *persistor.Key
 	encrypted, err := persistor.IsTokenFile(name)
 	if err != nil {
@@ -26,7 +29,7 @@ func (c *command) pt(args []string) error {
 	}
 	if encrypted {
 		if *keyFile != "" {
-			k, err = persistor.ReadKeyFile(*keyFile)
+			k, err = readKeyFile(*keyFile)
 		} else {
 			k, err = persistor.DefaultLocations().KeyFile()
 			if err != nil {
