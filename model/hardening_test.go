@@ -294,3 +294,22 @@ func TestNewNetShortTensorRefused(t *testing.T) {
 		t.Fatalf("empty counter: %v", err)
 	}
 }
+
+// A spec file is read whole before it is parsed: one far larger than a
+// spec may be is refused by its size, not read into memory.
+func TestLoadSpecOversizedFileRefused(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "spec.json")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Sparse: 1 GiB on paper, nothing on disk.
+	if err := f.Truncate(1 << 30); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	_, err = LoadSpec(p, nil)
+	if err == nil || !strings.Contains(err.Error(), p+": file of 1073741824 bytes is larger than a model spec may be") {
+		t.Fatalf("err %v", err)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/flarego/flarego/persistor"
 	_ "golang.org/x/image/bmp"
 	_ "golang.org/x/image/tiff"
 	_ "golang.org/x/image/webp"
@@ -35,41 +36,6 @@ type RGB struct {
 // grey 7000×7000 X-ray; a small file declaring a huge image is refused
 // before anything is allocated. Image files are bounded by the same size.
 const maxImageBytes = 256 << 20
-
-// OpenRegular opens path for reading if it is a regular file (or a link to
-// one). A named pipe in an image folder would otherwise block the open
-// until a writer appears, and a device would never end: the file is opened
-// without blocking and its type checked before any read.
-func OpenRegular(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !st.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%s is not a regular file (%s)", path, describeMode(st.Mode()))
-	}
-	return f, nil
-}
-
-func describeMode(m fs.FileMode) string {
-	switch {
-	case m.IsDir():
-		return "a directory"
-	case m&fs.ModeNamedPipe != 0:
-		return "a named pipe"
-	case m&fs.ModeSocket != 0:
-		return "a socket"
-	case m&fs.ModeDevice != 0:
-		return "a device"
-	}
-	return "mode " + m.Type().String()
-}
 
 // decodedBytesPerPixel is what the decoder of format holds per pixel for
 // an image of color model m. A progressive JPEG also keeps a 4-byte
@@ -104,7 +70,7 @@ func decodedBytesPerPixel(m color.Model, format string) int64 {
 // Image.convert("RGB") does: grey is replicated, alpha dropped, 16-bit
 // samples clipped to 255 (PIL's I;16 → L conversion clips, it does not scale).
 func LoadRGB(path string) (*RGB, error) {
-	f, err := OpenRegular(path)
+	f, err := persistor.OpenRegular(path)
 	if err != nil {
 		return nil, err
 	}

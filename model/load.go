@@ -12,13 +12,8 @@ import (
 // LoadSpec reads a JSON spec file, decrypting it in memory with k when it
 // is a Fernet token (the job ships the architecture only encrypted).
 func LoadSpec(path string, k *persistor.Key) (*Spec, error) {
-	// A named pipe would block the open: refuse what is not a file.
-	f, err := OpenRegular(path)
-	if err != nil {
-		return nil, err
-	}
-	f.Close()
-	data, err := persistor.ReadMaybeEncrypted(path, k)
+	// An encrypted spec is about 4/3 the size of its text.
+	data, err := persistor.ReadMaybeEncryptedUpTo(path, k, 2*maxSpecBytes, "a model spec")
 	if err != nil {
 		return nil, err
 	}

@@ -68,7 +68,7 @@ func ParseKey(s string) (*Key, error) {
 // newline) or from a secret_run_params.json ({"key": "..."}) as FCP mounts it.
 // Errors name the file and what was wrong, never the key.
 func ReadKeyFile(name string) (*Key, error) {
-	data, err := os.ReadFile(name)
+	data, err := readRegular(name, maxKeyFileBytes, "a key file")
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("reading key: %s: %w", name, ErrNoKey)

@@ -10,7 +10,6 @@ import (
 	"io"
 	"math/big"
 	"math/bits"
-	"os"
 	"sort"
 	"strings"
 
@@ -38,10 +37,7 @@ var legacyMagic = []byte{0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0
 
 // ReadPTFile reads a .pt file; see DecodePT.
 func ReadPTFile(name string) (any, error) {
-	if err := checkRegular(name); err != nil {
-		return nil, err
-	}
-	data, err := os.ReadFile(name)
+	data, err := readRegular(name, maxModelFileBytes, "a model file")
 	if err != nil {
 		return nil, err
 	}

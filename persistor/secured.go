@@ -152,29 +152,20 @@ const tokenPrefix = "gAAAAA"
 // regular file can hold a model: opening a FIFO would wait for a writer
 // forever, and a device could be read without end.
 func IsTokenFile(path string) (bool, error) {
-	if err := checkRegular(path); err != nil {
-		return false, err
-	}
-	f, err := os.Open(path)
+	f, err := OpenRegular(path)
 	if err != nil {
 		return false, err
 	}
 	defer f.Close()
-	head := make([]byte, len(tokenPrefix))
-	n, _ := io.ReadFull(f, head)
-	return IsToken(head[:n]), nil
+	return isTokenHead(f), nil
 }
 
-// checkRegular refuses a path that is not a regular file (after symlinks).
-func checkRegular(path string) error {
-	st, err := os.Stat(path)
-	if err != nil {
-		return err
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file (%s)", path, st.Mode().Type())
-	}
-	return nil
+// isTokenHead reports whether f, read from its current offset, starts
+// like a Fernet token.
+func isTokenHead(f io.Reader) bool {
+	head := make([]byte, len(tokenPrefix))
+	n, _ := io.ReadFull(f, head)
+	return IsToken(head[:n])
 }
 
 // IsToken reports whether data looks like a Fernet token rather than a .pt.
@@ -200,15 +191,29 @@ func ReadCheckpointFile(path string, k *Key) (*Checkpoint, error) {
 // ReadMaybeEncrypted returns a file's content, decrypting it in memory when
 // it is a Fernet token.
 func ReadMaybeEncrypted(path string, k *Key) ([]byte, error) {
-	enc, err := IsTokenFile(path)
+	return ReadMaybeEncryptedUpTo(path, k, maxModelFileBytes, "a model file")
+}
+
+// ReadMaybeEncryptedUpTo is ReadMaybeEncrypted for a file of at most max
+// bytes (plain or encrypted); what names the file's role in the error that
+// refuses a bigger one.
+func ReadMaybeEncryptedUpTo(path string, k *Key, max int64, what string) ([]byte, error) {
+	// One open serves the check and the read, so the file read is the
+	// file checked.
+	f, err := OpenRegular(path)
 	if err != nil {
 		return nil, err
 	}
+	defer f.Close()
+	enc := isTokenHead(f)
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
 	if !enc {
-		return os.ReadFile(path)
+		return readOpen(f, path, max, what)
 	}
 	if k == nil {
 		return nil, fmt.Errorf("reading %s: file is encrypted and no key was given", path)
 	}
-	return DecryptFile(path, NoTTL, k)
+	return decryptOpen(f, path, max, what, NoTTL, k)
 }

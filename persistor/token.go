@@ -417,18 +417,29 @@ func decryptBody(body []byte, k *Key) ([]byte, error) {
 	return ct[:len(ct)-pad], nil
 }
 
-// DecryptFile decrypts the token in the named file into memory.
+// DecryptFile decrypts the token in the named file into memory. The file
+// must be a regular one (see OpenRegular).
 func DecryptFile(name string, ttl time.Duration, keys ...*Key) ([]byte, error) {
-	f, err := os.Open(name)
+	f, err := OpenRegular(name)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	return decryptOpen(f, name, maxModelFileBytes, "an encrypted file", ttl, keys...)
+}
+
+// decryptOpen decrypts the token in the open regular file f (named name),
+// refusing a file of more than max bytes.
+func decryptOpen(f *os.File, name string, max int64, what string, ttl time.Duration, keys ...*Key) ([]byte, error) {
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	b, err := DecryptFrom(f, st.Size(), ttl, keys...)
+	if st.Size() > max {
+		return nil, tooLarge(name, st.Size(), max, what)
+	}
+	r := &capReader{r: f, left: max, err: func() error { return tooLarge(name, -1, max, what) }}
+	b, err := DecryptFrom(r, st.Size(), ttl, keys...)
 	if err != nil {
 		return nil, fmt.Errorf("decrypting %s: %w", name, err)
 	}

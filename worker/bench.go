@@ -235,7 +235,7 @@ func (c *command) benchChild(args []string) error {
 	if args[0] == "train" || args[0] == "infer" {
 		return c.benchModelChild(args)
 	}
-	k, err := readKeyFile(args[2])
+	k, err := persistor.ReadKeyFile(args[2])
 	if err != nil {
 		return err
 	}
@@ -245,7 +245,7 @@ func (c *command) benchChild(args []string) error {
 		if len(args) != 4 {
 			return errUsage
 		}
-		ck, err := readCheckpointFile(args[1], nil)
+		ck, err := persistor.ReadCheckpointFile(args[1], nil)
 		if err != nil {
 			return err
 		}
@@ -257,7 +257,7 @@ func (c *command) benchChild(args []string) error {
 		dt = time.Since(t0)
 	case "load":
 		t0 := time.Now()
-		ck, err := readCheckpointFile(args[1], k)
+		ck, err := persistor.ReadCheckpointFile(args[1], k)
 		if err != nil {
 			return err
 		}

@@ -310,7 +310,7 @@ func (c *command) simulate(args []string) error {
 	}
 	var k *persistor.Key
 	if *keyFile != "" {
-		k, err = readKeyFile(*keyFile)
+		k, err = persistor.ReadKeyFile(*keyFile)
 	} else {
 		k, err = loc.KeyFile()
 	}
@@ -521,7 +521,7 @@ func (c *command) nvflareFlags(name string, args []string, loc *persistor.Locati
 		return nil, nil, "", nil, err
 	}
 	if *keyFile != "" {
-		key, err = readKeyFile(*keyFile)
+		key, err = persistor.ReadKeyFile(*keyFile)
 	} else {
 		key, err = loc.KeyFile()
 	}

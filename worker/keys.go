@@ -73,7 +73,7 @@ func inKeyOut(fs *flag.FlagSet, args []string) (in string, k *persistor.Key, out
 	if err != nil {
 		return "", nil, "", err
 	}
-	k, err = readKeyFile(pos[1])
+	k, err = persistor.ReadKeyFile(pos[1])
 	return pos[0], k, pos[2], err
 }
 
@@ -86,9 +86,6 @@ func (c *command) decrypt(args []string) error {
 	}
 	if *ttl < 0 {
 		*ttl = persistor.NoTTL
-	}
-	if err := regularFile(in); err != nil {
-		return err
 	}
 	plain, err := persistor.DecryptFile(in, *ttl, k)
 	if err != nil {
@@ -141,11 +138,13 @@ func (c *command) unseal(args []string) error {
 		if d.IsDir() || !strings.HasSuffix(d.Name(), ".enc") {
 			return nil
 		}
-		// Only regular files (or links to them): a named pipe would block
-		// the entrypoint before the job starts.
-		if st, err := os.Stat(path); err != nil || !st.Mode().IsRegular() {
-			return fmt.Errorf("%s is not a regular file", path)
+		// Only regular files (or links to them), refused before any is
+		// decrypted: a named pipe would block the entrypoint.
+		f, err := persistor.OpenRegular(path)
+		if err != nil {
+			return err
 		}
+		f.Close()
 		files = append(files, path)
 		return nil
 	})

@@ -39,7 +39,7 @@ func (c *command) modelFlags(fs interface {
 
 func (m *modelFlags) key() (*persistor.Key, error) {
 	if m.keyFile != "" {
-		return readKeyFile(m.keyFile)
+		return persistor.ReadKeyFile(m.keyFile)
 	}
 	return m.loc.KeyFile()
 }
@@ -102,7 +102,7 @@ func (c *command) train(args []string) error {
 	}
 	var sd *persistor.StateDict
 	if *weights != "" {
-		ck, err := readCheckpointFile(*weights, k)
+		ck, err := persistor.ReadCheckpointFile(*weights, k)
 		if err != nil {
 			return err
 		}
@@ -152,7 +152,7 @@ func (c *command) infer(args []string) error {
 	if err != nil {
 		return err
 	}
-	ck, err := readCheckpointFile(pos[0], k)
+	ck, err := persistor.ReadCheckpointFile(pos[0], k)
 	if err != nil {
 		return err
 	}
@@ -171,7 +171,7 @@ func (c *command) infer(args []string) error {
 		return err
 	}
 	csvIn := filepath.Join(m.loc.Input, "dataset.csv")
-	in, err := model.OpenRegular(csvIn)
+	in, err := persistor.OpenRegular(csvIn)
 	if err != nil {
 		return err
 	}
@@ -221,34 +221,6 @@ func (c *command) infer(args []string) error {
 	}
 	fmt.Fprintf(c.stderr, "wrote %s\n", csvOut)
 	return nil
-}
-
-// regularFile refuses a path that is not a regular file (or a link to
-// one) before it is opened: opening a named pipe blocks until a writer
-// comes, and reading a device may never end.
-func regularFile(path string) error {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil // the reader reports it in its own words
-	}
-	if !st.Mode().IsRegular() {
-		return fmt.Errorf("%s is not a regular file", path)
-	}
-	return nil
-}
-
-func readKeyFile(path string) (*persistor.Key, error) {
-	if err := regularFile(path); err != nil {
-		return nil, err
-	}
-	return persistor.ReadKeyFile(path)
-}
-
-func readCheckpointFile(path string, k *persistor.Key) (*persistor.Checkpoint, error) {
-	if err := regularFile(path); err != nil {
-		return nil, err
-	}
-	return persistor.ReadCheckpointFile(path, k)
 }
 
 // checkOutputDir fails now, not after the long work, when dir cannot take

@@ -19,9 +19,6 @@ func (c *command) pt(args []string) error {
 		return err
 	}
 	name := pos[0]
-	if err := regularFile(name); err != nil {
-		return err
-	}
 	var k *persistor.Key
 	encrypted, err := persistor.IsTokenFile(name)
 	if err != nil {
@@ -29,7 +26,7 @@ func (c *command) pt(args []string) error {
 	}
 	if encrypted {
 		if *keyFile != "" {
-			k, err = readKeyFile(*keyFile)
+			k, err = persistor.ReadKeyFile(*keyFile)
 		} else {
 			k, err = persistor.DefaultLocations().KeyFile()
 			if err != nil {
