@@ -1,0 +1,123 @@
+package flare
+
+import (
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// MaxNameBytes bounds a name a peer gives itself or its project. NVFlare's
+// provisioned names (site-1, example_project, admin@nvidia.com) are far
+// shorter.
+const MaxNameBytes = 128
+
+// CheckName refuses a peer-supplied name that is empty, longer than
+// MaxNameBytes, or holds anything but letters, digits and "-_.@": such a
+// name ends up in log lines, file names and console tables, where a
+// newline or an escape sequence would forge or garble them. what says
+// which name it is ("client name").
+func CheckName(what, name string) error {
+	if name == "" {
+		return fmt.Errorf("%s is empty", what)
+	}
+	if len(name) > MaxNameBytes {
+		return fmt.Errorf("%s is %d bytes long (at most %d)", what, len(name), MaxNameBytes)
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9') || strings.IndexByte("-_.@", c) >= 0 {
+			continue
+		}
+		return fmt.Errorf("%s %s holds %q (letters, digits and -_.@ only)", what, LogSafe(name), c)
+	}
+	return nil
+}
+
+// maxLogBytes bounds one peer-supplied value in a log line.
+const maxLogBytes = 200
+
+// LogSafe makes a peer-supplied string fit for a log line: control and
+// non-printable characters (newlines above all, which would forge log
+// lines) are escaped as Go does in quoted strings, and anything past
+// maxLogBytes is cut, saying how long the whole was.
+func LogSafe(s string) string {
+	var b strings.Builder
+	for i, r := range s {
+		if b.Len() >= maxLogBytes {
+			fmt.Fprintf(&b, "...(%d bytes)", len(s))
+			break
+		}
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case r == '\\':
+			b.WriteString(`\\`)
+		case strconv.IsPrint(r):
+			b.WriteRune(r)
+		default:
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		}
+	}
+	return b.String()
+}
+
+// logSafeErr is LogSafe for an error, whose text may quote peer input.
+func logSafeErr(err error) string { return LogSafe(err.Error()) }
+
+// Size limits of the server's requests, by message. gRPC has one limit
+// for every method (MaxRecvMsgSize, which it applies to the decompressed
+// length too); a Register or a Heartbeat needs a few hundred bytes, and
+// only SubmitUpdate carries a model, so the server's codec checks each
+// message against its own limit before decompressing further or decoding.
+const (
+	// maxSmallRequestBytes bounds Register, Heartbeat, Quit, GetTask and
+	// the admin channel's Retrieve: names, a token, an FLContext pickle.
+	maxSmallRequestBytes = 64 << 10
+	// maxReplyBytes bounds an admin reply (a status table, sys_info, a
+	// pickled aux reply).
+	maxReplyBytes = 1 << 20
+	// contributionOverhead is what a SubmitUpdate adds to its Shareable
+	// pickle: the client state, its FLContext, protobuf framing.
+	contributionOverhead = 1 << 20
+)
+
+// maxContributionBytes bounds a SubmitUpdate: one Shareable pickle of at
+// most MaxPickleBytes and its envelope.
+func maxContributionBytes() int { return MaxPickleBytes + contributionOverhead }
+
+// errTooLarge is a request over its message's limit.
+func errTooLarge(msg string, limit int) error {
+	return status.Errorf(codes.ResourceExhausted, "%s request larger than its limit of %d bytes", msg, limit)
+}
+
+// gunzipLimited decompresses a gzip stream of at most limit bytes: it
+// stops reading one byte past the limit, so a small compressed message
+// can never expand into more memory than its method may hold.
+func gunzipLimited(data []byte, limit int, msg string) ([]byte, error) {
+	zr, err := gzip.NewReader(bytes.NewReader(data))
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%s request: bad gzip data: %v", msg, err)
+	}
+	var out bytes.Buffer
+	// Grow in steps, not to the limit: the limit is a bound, not a size.
+	n, err := out.ReadFrom(io.LimitReader(zr, int64(limit)+1))
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "%s request: bad gzip data: %v", msg, err)
+	}
+	if n > int64(limit) {
+		return nil, errTooLarge(msg, limit)
+	}
+	if err := zr.Close(); err != nil && !errors.Is(err, io.EOF) {
+		return nil, status.Errorf(codes.InvalidArgument, "%s request: bad gzip data: %v", msg, err)
+	}
+	return out.Bytes(), nil
+}
