@@ -30,7 +30,9 @@ import (
 //     NVFlare's secure mode sends it) is refused at once if the token is
 //     unknown, and takes no slot;
 //   - a call without a known token may hold at most half of each pool, so
-//     streams that never authenticate cannot lock registered clients out;
+//     streams that never authenticate cannot lock registered clients out,
+//     and one token at most perTokenSlots of a pool (our client has one
+//     call of each kind open at a time);
 //   - every call must deliver its request within a receive deadline, or
 //     it is cancelled and its slot freed (a silent stream no longer keeps
 //     it forever);
@@ -44,6 +46,14 @@ type uploadGate struct {
 	// (a model on the wire) and of every other request (a few hundred bytes).
 	submitRecv, smallRecv time.Duration
 	wait                  time.Duration
+
+	mu    sync.Mutex
+	byTok map[tokenPool]int // slots held, by token and pool
+}
+
+type tokenPool struct {
+	token string
+	pool  *gatePool
 }
 
 // gatePool is one pool of slots; anon is the share open to calls without
@@ -61,6 +71,7 @@ const (
 	submitSlots       = 4
 	taskSlots         = 8
 	otherSlots        = 16
+	perTokenSlots     = 2
 	submitRecvTimeout = 60 * time.Second
 	smallRecvTimeout  = 10 * time.Second
 	gateWait          = 60 * time.Second
@@ -78,7 +89,9 @@ type gateKey struct{}
 // gateTicket is one call's place in the gate.
 type gateTicket struct {
 	once     sync.Once
+	gate     *uploadGate
 	pool     *gatePool
+	token    string // "" for a call without a known token
 	anon     bool
 	deadline *time.Timer // cancels the call if its request does not arrive in time
 }
@@ -91,8 +104,34 @@ func (t *gateTicket) release() {
 		<-t.pool.all
 		if t.anon {
 			<-t.pool.anon
+		} else {
+			t.gate.untake(t.token, t.pool)
 		}
 	})
+}
+
+// take counts a slot of pool for token, false if it holds its share.
+func (g *uploadGate) take(token string, pool *gatePool) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	k := tokenPool{token, pool}
+	if g.byTok[k] >= perTokenSlots {
+		return false
+	}
+	if g.byTok == nil {
+		g.byTok = map[tokenPool]int{}
+	}
+	g.byTok[k]++
+	return true
+}
+
+func (g *uploadGate) untake(token string, pool *gatePool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	k := tokenPool{token, pool}
+	if g.byTok[k]--; g.byTok[k] <= 0 {
+		delete(g.byTok, k)
+	}
 }
 
 var (
@@ -117,12 +156,23 @@ func (g *uploadGate) acquire(ctx context.Context, info *tap.Info) (context.Conte
 	case getTaskMethod:
 		pool = &g.task
 	}
-	anon := true
-	if tok := metadataToken(info.Header); tok != "" && info.FullMethodName != registerMethod && g.known != nil {
+	anon, tok := true, ""
+	if tok = metadataToken(info.Header); tok != "" && info.FullMethodName != registerMethod && g.known != nil {
 		if !g.known(tok) {
 			return ctx, status.Error(codes.Unauthenticated, "unknown token: register again")
 		}
+		if !g.take(tok, pool) {
+			return ctx, status.Errorf(codes.ResourceExhausted, "this client has %d calls of this kind open already", perTokenSlots)
+		}
 		anon = false
+	}
+	// giveBack undoes what was taken when no slot is found.
+	giveBack := func() {
+		if anon {
+			<-pool.anon
+		} else {
+			g.untake(tok, pool)
+		}
 	}
 	timer := time.NewTimer(g.wait)
 	defer timer.Stop()
@@ -138,18 +188,14 @@ func (g *uploadGate) acquire(ctx context.Context, info *tap.Info) (context.Conte
 	select {
 	case pool.all <- struct{}{}:
 	case <-timer.C:
-		if anon {
-			<-pool.anon
-		}
+		giveBack()
 		return ctx, status.Error(codes.Unavailable, "server busy; try again")
 	case <-ctx.Done():
-		if anon {
-			<-pool.anon
-		}
+		giveBack()
 		return ctx, ctx.Err()
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	t := &gateTicket{pool: pool, anon: anon, deadline: time.AfterFunc(recv, cancel)}
+	t := &gateTicket{gate: g, pool: pool, token: tok, anon: anon, deadline: time.AfterFunc(recv, cancel)}
 	return context.WithValue(ctx, gateKey{}, t), nil
 }
 

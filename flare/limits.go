@@ -9,9 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 // MaxNameBytes bounds a name a peer gives itself or its project. NVFlare's
@@ -94,9 +91,10 @@ const (
 // most MaxPickleBytes and its envelope.
 func maxContributionBytes() int { return MaxPickleBytes + contributionOverhead }
 
-// errTooLarge is a request over its message's limit.
+// errTooLarge is a request over its message's limit. (gRPC reports a
+// codec's error as Internal whatever it is; the text says what happened.)
 func errTooLarge(msg string, limit int) error {
-	return status.Errorf(codes.ResourceExhausted, "%s request larger than its limit of %d bytes", msg, limit)
+	return fmt.Errorf("%s request larger than its limit of %d bytes", msg, limit)
 }
 
 // gunzipLimited decompresses a gzip stream of at most limit bytes: it
@@ -105,19 +103,19 @@ func errTooLarge(msg string, limit int) error {
 func gunzipLimited(data []byte, limit int, msg string) ([]byte, error) {
 	zr, err := gzip.NewReader(bytes.NewReader(data))
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "%s request: bad gzip data: %v", msg, err)
+		return nil, fmt.Errorf("%s request: bad gzip data: %w", msg, err)
 	}
 	var out bytes.Buffer
 	// Grow in steps, not to the limit: the limit is a bound, not a size.
 	n, err := out.ReadFrom(io.LimitReader(zr, int64(limit)+1))
 	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "%s request: bad gzip data: %v", msg, err)
+		return nil, fmt.Errorf("%s request: bad gzip data: %w", msg, err)
 	}
 	if n > int64(limit) {
 		return nil, errTooLarge(msg, limit)
 	}
 	if err := zr.Close(); err != nil && !errors.Is(err, io.EOF) {
-		return nil, status.Errorf(codes.InvalidArgument, "%s request: bad gzip data: %v", msg, err)
+		return nil, fmt.Errorf("%s request: bad gzip data: %w", msg, err)
 	}
 	return out.Bytes(), nil
 }
