@@ -458,12 +458,15 @@ func TestServerSurvivesScriptedAttack(t *testing.T) {
 		t.Cleanup(func() { conn.Close() })
 		return fedlearn.NewFederatedTrainingClient(conn)
 	}
-	reg, err := dial().Register(context.Background(), &fedlearn.ClientLogin{ClientName: "mallory"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	attackers := 0
 	submit := func(data []byte) func() error {
 		fl := dial()
+		// Each attacker registers: a token costs nothing without TLS.
+		attackers++
+		reg, err := fl.Register(context.Background(), &fedlearn.ClientLogin{ClientName: fmt.Sprintf("mallory-%d", attackers)})
+		if err != nil {
+			t.Fatal(err)
+		}
 		return func() error {
 			// mallory registered: its calls show the token, as a client's should.
 			_, err := fl.SubmitUpdate(metadata.AppendToOutgoingContext(attackCtx, tokenHeader, reg.Token), &fedlearn.Contribution{Client: &fedlearn.ClientState{Token: reg.Token},
