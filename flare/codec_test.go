@@ -395,11 +395,11 @@ func TestCheckNameAndLogSafe(t *testing.T) {
 		}
 	}
 	for in, want := range map[string]string{
-		"plain":            "plain",
-		"two\nlines\r":     `two\nlines\r`,
-		"esc\x1b[2J":       `esc\x1b[2J`,
-		"bad\xffutf8":      `bad\xffutf8`,
-		`back\slash`:       `back\\slash`,
+		"plain":           "plain",
+		"two\nlines\r":    `two\nlines\r`,
+		"esc\x1b[2J":      `esc\x1b[2J`,
+		"bad\xffutf8":     `bad\xffutf8`,
+		`back\slash`:      `back\\slash`,
 		"snowman ☃ stays": "snowman ☃ stays",
 	} {
 		if got := LogSafe(in); got != want {
