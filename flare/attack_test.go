@@ -663,3 +663,44 @@ func TestFailedResultReasonLogged(t *testing.T) {
 	}
 	log.check(t, 400)
 }
+
+// The listener holds at most its bound of connections; one past it waits
+// until another closes, and closing the listener ends a waiting Accept.
+func TestConnectionsBounded(t *testing.T) {
+	inner, _ := net.Listen("tcp", "127.0.0.1:0")
+	lis := newLimitListener(inner, 2)
+	accepted := make(chan net.Conn, 3)
+	go func() {
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	for i := 0; i < 3; i++ {
+		c, err := net.Dial("tcp", inner.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	first, second := <-accepted, <-accepted
+	select {
+	case <-accepted:
+		t.Fatal("a third connection was accepted")
+	case <-time.After(200 * time.Millisecond):
+	}
+	first.Close()
+	select {
+	case <-accepted:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the third connection was not accepted after one closed")
+	}
+	second.Close()
+	lis.Close()
+	for range accepted {
+	}
+}
