@@ -375,7 +375,7 @@ func TestSilentStreamsDoNotStallTraining(t *testing.T) {
 	start := time.Now()
 	_, err := fedlearn.NewFederatedTrainingClient(conn).SubmitUpdate(metadata.AppendToOutgoingContext(context.Background(), tokenHeader, "forged"),
 		&fedlearn.Contribution{Client: &fedlearn.ClientState{Token: "forged"}})
-	if status.Code(err) != codes.Unauthenticated || time.Since(start) > 300*time.Millisecond {
+	if status.Code(err) != codes.Unauthenticated || time.Since(start) > time.Second {
 		t.Fatalf("forged metadata token: %v after %s", err, time.Since(start))
 	}
 

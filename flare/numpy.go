@@ -162,7 +162,7 @@ func (a *ndarray) tensor() (*persistor.Tensor, error) {
 		return nil, fmt.Errorf("numpy array of shape %v has %d bytes, want %d", a.shape, len(a.data), want)
 	}
 	if a.fortran && len(a.shape) > 1 {
-		return nil, errors.New("Fortran-ordered numpy arrays are not supported")
+		return nil, errors.New("numpy arrays in Fortran order are not supported")
 	}
 	return &persistor.Tensor{DType: dt, Shape: append([]int{}, a.shape...), Data: a.data}, nil
 }
