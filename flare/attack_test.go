@@ -21,8 +21,10 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	grpcgzip "google.golang.org/grpc/encoding/gzip"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	protobuf "google.golang.org/protobuf/proto"
 
 	"github.com/flarego/flarego/persistor"
 	"github.com/flarego/flarego/persistor/pickle"
@@ -126,6 +128,18 @@ func dialBomb(t testing.TB, addr string, payload []byte) *grpc.ClientConn {
 		t.Fatal(err)
 	}
 	return conn
+}
+
+// rawCodec sends fixed bytes as every request (uncompressed), sharing one
+// buffer between calls: an attacker's oversized request at no cost to it.
+type rawCodec struct{ payload []byte }
+
+func (c rawCodec) Name() string { return "proto" }
+func (c rawCodec) Marshal(any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(c.payload)}, nil
+}
+func (c rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	return protobuf.Unmarshal(data.Materialize(), v.(protobuf.Message))
 }
 
 // withTokenMetadata makes c send its token in every call's metadata, as
@@ -474,10 +488,6 @@ func TestServerSurvivesScriptedAttack(t *testing.T) {
 			return err
 		}
 	}
-	// Item 5: header-only streams without a token, to every gated pool.
-	silent := silentStreams(t, attackCtx, addr, submitMethod, 12)
-	silentTasks := silentStreams(t, attackCtx, addr, getTaskMethod, 12)
-	silentRegs := silentStreams(t, attackCtx, addr, registerMethod, 12)
 	// Item 1: an 8 TiB numpy shape with 8 bytes of data.
 	attack("numpy shape bomb", 3, submit(numpyShapeBomb(t)))
 	// Item 3: 1 GiB names in 1 MB of gzip, and a name that forges a log line.
@@ -491,6 +501,21 @@ func TestServerSurvivesScriptedAttack(t *testing.T) {
 		})
 	}
 	fl := dial()
+	// Item 3 without compression: 16 MiB Registers, read no further than
+	// their connection's credit.
+	huge, _ := protobuf.Marshal(&fedlearn.ClientLogin{ClientName: strings.Repeat("h", 16<<20)})
+	for i := 0; i < 4; i++ {
+		hc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.ForceCodecV2(rawCodec{huge})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hc.Close()
+		attack("uncompressed 16 MiB Register", 2, func() error {
+			_, err := fedlearn.NewFederatedTrainingClient(hc).Register(attackCtx, &fedlearn.ClientLogin{})
+			return err
+		})
+	}
 	attack("newline name", 2, func() error {
 		_, err := fl.Register(attackCtx, &fedlearn.ClientLogin{ClientName: "site-1\nround 2/2 done"})
 		return err
@@ -506,6 +531,13 @@ func TestServerSurvivesScriptedAttack(t *testing.T) {
 		attack("LONG4 of 1 MiB", 1, submit(bigLong4(1<<20)))
 		attack("LONG of 4M digits", 1, submit(bigDecimalLong(4_000_000)))
 	}
+
+	// Item 5: header-only streams without a token, to every gated pool.
+	time.Sleep(100 * time.Millisecond)
+	silent := silentStreams(t, attackCtx, addr, submitMethod, 12)
+	silentTasks := silentStreams(t, attackCtx, addr, getTaskMethod, 12)
+	silentRegs := silentStreams(t, attackCtx, addr, registerMethod, 12)
+	time.Sleep(100 * time.Millisecond)
 
 	start := time.Now()
 	var clients []*Client
@@ -668,7 +700,7 @@ func TestFailedResultReasonLogged(t *testing.T) {
 // until another closes, and closing the listener ends a waiting Accept.
 func TestConnectionsBounded(t *testing.T) {
 	inner, _ := net.Listen("tcp", "127.0.0.1:0")
-	lis := newLimitListener(inner, 2)
+	lis := newLimitListener(inner, 2, nil)
 	accepted := make(chan net.Conn, 3)
 	go func() {
 		for {
@@ -702,5 +734,51 @@ func TestConnectionsBounded(t *testing.T) {
 	second.Close()
 	lis.Close()
 	for range accepted {
+	}
+}
+
+// gRPC reads a whole request before the codec can hold it to its limit:
+// an uncompressed 64 MiB Register must not be read whole. Its connection
+// is closed once it has sent more than its calls may carry; the server
+// and other connections go on.
+func TestUncompressedOversizedRequestCutOff(t *testing.T) {
+	srv, _ := newTestServer(t, testServerConfig(1, 1, 0), &memPersistor{init: initModel()})
+	addr, done := serveOn(t, srv)
+	defer srv.Stop()
+	conn, _ := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	defer conn.Close()
+	name := strings.Repeat("a", 64<<20)
+	runtime.GC()
+	stop := heapPeak()
+	_, err := fedlearn.NewFederatedTrainingClient(conn).Register(context.Background(), &fedlearn.ClientLogin{ClientName: name})
+	peak := stop()
+	if err == nil {
+		t.Fatal("a 64 MiB Register went through")
+	}
+	t.Logf("64 MiB Register: %v; heap peak %d MiB (the client's copy of the name included)", err, peak>>20)
+	// The client holds the name and its encoding (128 MiB); the server must not add a copy.
+	if peak > 160<<20 {
+		t.Errorf("heap in use peaked at %d MiB", peak>>20)
+	}
+	// A SubmitUpdate larger than the base credit still goes through.
+	big := persistor.NewStateDict()
+	big.Set("w", persistor.FromFloat32(make([]float32, 2<<20), 2<<20)) // 8 MiB
+	p := &memPersistor{init: big}
+	srv2, _ := newTestServer(t, testServerConfig(1, 1, 0), p)
+	addr2, done2 := serveOn(t, srv2)
+	defer srv2.Stop()
+	good := &Client{Name: "good", Target: addr2, Tasks: map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}}
+	if err := good.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done2; err != nil || len(p.saved) != 1 {
+		t.Fatalf("8 MiB model: %v, %d saved", err, len(p.saved))
+	}
+	good1 := &Client{Name: "good", Target: addr, Tasks: map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}}
+	if err := good1.Run(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }

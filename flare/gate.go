@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/tap"
 
+	"github.com/flarego/flarego/proto/admin"
 	"github.com/flarego/flarego/proto/fedlearn"
 )
 
@@ -49,6 +50,9 @@ type uploadGate struct {
 
 	mu    sync.Mutex
 	byTok map[tokenPool]int // slots held, by token and pool
+
+	// conns are the server's connections by remote address (limitListener).
+	conns sync.Map
 }
 
 type tokenPool struct {
@@ -94,6 +98,8 @@ type gateTicket struct {
 	token    string // "" for a call without a known token
 	anon     bool
 	deadline *time.Timer // cancels the call if its request does not arrive in time
+	conn     *limitConn  // its connection, whose read credit it raised
+	large    int64       // the credit to take back at the end (SubmitUpdate)
 }
 
 func (t *gateTicket) received() { t.deadline.Stop() }
@@ -101,6 +107,9 @@ func (t *gateTicket) received() { t.deadline.Stop() }
 func (t *gateTicket) release() {
 	t.once.Do(func() {
 		t.deadline.Stop()
+		if t.conn != nil && t.large > 0 {
+			t.conn.ungrant(t.large)
+		}
 		<-t.pool.all
 		if t.anon {
 			<-t.pool.anon
@@ -135,9 +144,10 @@ func (g *uploadGate) untake(token string, pool *gatePool) {
 }
 
 var (
-	submitMethod   = "/" + fedlearn.FederatedTraining_ServiceDesc.ServiceName + "/SubmitUpdate"
-	getTaskMethod  = "/" + fedlearn.FederatedTraining_ServiceDesc.ServiceName + "/GetTask"
-	registerMethod = "/" + fedlearn.FederatedTraining_ServiceDesc.ServiceName + "/Register"
+	submitMethod    = "/" + fedlearn.FederatedTraining_ServiceDesc.ServiceName + "/SubmitUpdate"
+	getTaskMethod   = "/" + fedlearn.FederatedTraining_ServiceDesc.ServiceName + "/GetTask"
+	registerMethod  = "/" + fedlearn.FederatedTraining_ServiceDesc.ServiceName + "/Register"
+	sendReplyMethod = "/" + admin.AdminCommunicating_ServiceDesc.ServiceName + "/SendReply"
 )
 
 // metadataToken is the token a call carries in its metadata, or "".
@@ -149,12 +159,14 @@ func metadataToken(md metadata.MD) string {
 }
 
 func (g *uploadGate) acquire(ctx context.Context, info *tap.Info) (context.Context, error) {
-	pool, recv := &g.other, g.smallRecv
+	pool, recv, limit := &g.other, g.smallRecv, int64(maxSmallRequestBytes)
 	switch info.FullMethodName {
 	case submitMethod:
-		pool, recv = &g.submit, g.submitRecv
+		pool, recv, limit = &g.submit, g.submitRecv, int64(maxContributionBytes())
 	case getTaskMethod:
 		pool = &g.task
+	case sendReplyMethod:
+		limit = maxReplyBytes
 	}
 	anon, tok := true, ""
 	if tok = metadataToken(info.Header); tok != "" && info.FullMethodName != registerMethod && g.known != nil {
@@ -196,6 +208,13 @@ func (g *uploadGate) acquire(ctx context.Context, info *tap.Info) (context.Conte
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	t := &gateTicket{gate: g, pool: pool, token: tok, anon: anon, deadline: time.AfterFunc(recv, cancel)}
+	if c, ok := ctx.Value(connKey{}).(*limitConn); ok {
+		t.conn = c
+		c.grant(limit, pool == &g.submit)
+		if pool == &g.submit {
+			t.large = limit
+		}
+	}
 	return context.WithValue(ctx, gateKey{}, t), nil
 }
 
@@ -214,5 +233,17 @@ func (g *uploadGate) HandleRPC(ctx context.Context, s stats.RPCStats) {
 	}
 }
 
-func (g *uploadGate) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
-func (g *uploadGate) HandleConn(context.Context, stats.ConnStats)                       {}
+type connKey struct{}
+
+// TagConn finds the connection's limitConn, whose read credit the calls
+// the gate admits raise.
+func (g *uploadGate) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
+	if info.RemoteAddr == nil {
+		return ctx
+	}
+	if c, ok := g.conns.Load(info.RemoteAddr.String()); ok {
+		return context.WithValue(ctx, connKey{}, c)
+	}
+	return ctx
+}
+func (g *uploadGate) HandleConn(context.Context, stats.ConnStats) {}

@@ -127,16 +127,29 @@ func gunzipLimited(data []byte, limit int, msg string) ([]byte, error) {
 // connection past the bound waits in the listen backlog until one closes.
 const maxConns = 1024
 
-// limitListener accepts at most cap(sem) connections at a time.
+// A connection may only send what its calls may carry. gRPC reads a
+// whole request before the codec can hold it to its method's limit, and
+// it knows one limit for all methods (a SubmitUpdate's), so without this a
+// peer could send a gigabyte as a "Register". Each connection has a read
+// credit: baseCredit to begin with, plus, for each call the gate admits,
+// what that call's request may hold. Credit beyond baseCredit is kept
+// only while a SubmitUpdate is open (a connection cannot save up the
+// credit of many small calls for one large one). A connection that reads
+// past its credit is closed.
+const baseCredit = 2 << 20
+
+// limitListener accepts at most cap(sem) connections at a time and
+// registers each, by remote address, for the gate to find (conns).
 type limitListener struct {
 	net.Listener
 	sem       chan struct{}
+	conns     *sync.Map // remote address → *limitConn
 	closed    chan struct{}
 	closeOnce sync.Once
 }
 
-func newLimitListener(l net.Listener, n int) net.Listener {
-	return &limitListener{Listener: l, sem: make(chan struct{}, n), closed: make(chan struct{})}
+func newLimitListener(l net.Listener, n int, conns *sync.Map) net.Listener {
+	return &limitListener{Listener: l, sem: make(chan struct{}, n), conns: conns, closed: make(chan struct{})}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -150,7 +163,21 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		<-l.sem
 		return nil, err
 	}
-	return &limitConn{Conn: c, release: func() { <-l.sem }}, nil
+	lc := &limitConn{Conn: c, credit: baseCredit}
+	key := c.RemoteAddr().String()
+	// Only TCP addresses tell connections apart; others are not held to a credit.
+	_, tcp := c.RemoteAddr().(*net.TCPAddr)
+	lc.tracked = tcp && l.conns != nil
+	lc.release = func() {
+		if lc.tracked {
+			l.conns.CompareAndDelete(key, lc)
+		}
+		<-l.sem
+	}
+	if lc.tracked {
+		l.conns.Store(key, lc)
+	}
+	return lc, nil
 }
 
 // Close also ends an Accept waiting for a free place.
@@ -163,6 +190,44 @@ type limitConn struct {
 	net.Conn
 	once    sync.Once
 	release func()
+
+	tracked bool
+	mu      sync.Mutex
+	credit  int64 // bytes the peer may still send
+	open    int64 // the limits of the SubmitUpdates in flight
+}
+
+func (c *limitConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && c.tracked {
+		c.mu.Lock()
+		c.credit -= int64(n)
+		over := c.credit < 0
+		c.mu.Unlock()
+		if over {
+			c.Conn.Close()
+			return 0, fmt.Errorf("connection from %s sent more than its calls may carry", c.RemoteAddr())
+		}
+	}
+	return n, err
+}
+
+// grant adds a call's request limit to the credit (with room for HTTP/2
+// and TLS framing); large calls keep theirs until ungrant.
+func (c *limitConn) grant(limit int64, large bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if large {
+		c.open += limit
+	}
+	c.credit = min(c.credit+limit+limit/32+16<<10, baseCredit+c.open+c.open/32)
+}
+
+func (c *limitConn) ungrant(limit int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.open -= limit
+	c.credit = min(c.credit, baseCredit+c.open+c.open/32)
 }
 
 func (c *limitConn) Close() error {

@@ -202,7 +202,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	r, oneJob := s.run, s.oneJob
 	s.mu.Unlock()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- gs.Serve(newLimitListener(lis, maxConns)) }()
+	go func() { serveErr <- gs.Serve(newLimitListener(lis, maxConns, &s.uploads.conns)) }()
 	var err error
 	if oneJob {
 		r.status = statusStarted
