@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"strconv"
 
 	"github.com/nlpodyssey/gopickle/types"
 
@@ -94,7 +95,7 @@ func DecodeShareable(data []byte) (*Shareable, error) {
 	for _, e := range obj.items {
 		key, ok := e.Key.(string)
 		if !ok {
-			return nil, fmt.Errorf("decoding Shareable: key %v is not a string", e.Key)
+			return nil, fmt.Errorf("decoding Shareable: a key is a %s, not a string", pickle.TypeName(e.Key))
 		}
 		switch key {
 		case "__headers__":
@@ -159,7 +160,7 @@ func decodeDXO(v any) (*DXO, error) {
 			for _, a := range *data {
 				name, ok := a.Key.(string)
 				if !ok {
-					return nil, fmt.Errorf("DXO data key %v is not a string", a.Key)
+					return nil, fmt.Errorf("DXO data: a key is a %s, not a string", pickle.TypeName(a.Key))
 				}
 				arr, ok := a.Value.(*ndarray)
 				if !ok {
@@ -183,7 +184,7 @@ func decodeDXO(v any) (*DXO, error) {
 				d.Data = append(d.Data, NamedArray{name, t})
 			}
 		default:
-			return nil, fmt.Errorf("DXO has an unexpected key %v", e.Key)
+			return nil, fmt.Errorf("DXO has an unexpected key %s", describeKey(e.Key))
 		}
 	}
 	if d.Kind == "" {
@@ -342,6 +343,15 @@ func EncodeFLContext(c *FLContext) ([]byte, error) {
 		{Key: "logger", Value: &pickle.Reduce{Func: globalGetLogger, Args: pickle.Tuple{logger}}},
 	}}
 	return marshal3(&pickle.Object{Class: globalFLContext, Args: pickle.Tuple{}, State: state})
+}
+
+// describeKey names a dict key in an error without printing all of it: a
+// key from the wire may be a tuple nested without end.
+func describeKey(k any) string {
+	if s, ok := k.(string); ok {
+		return strconv.Quote(LogSafe(s))
+	}
+	return "of type " + pickle.TypeName(k)
 }
 
 func toInt64(v any) (int64, bool) {

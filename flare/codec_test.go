@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -351,5 +352,62 @@ func TestClientStateMatchesNVFlare(t *testing.T) {
 		if !ok || v != p.Value {
 			t.Errorf("prop %s = %v, NVFlare's %v", p.Name, v, p.Value)
 		}
+	}
+}
+
+// A numpy array's declared shape is checked against its bytes before
+// anything is allocated: 8 TiB declared with 8 bytes present costs nothing.
+func TestNumpyShapeBombRefused(t *testing.T) {
+	for _, c := range []struct {
+		data []byte
+		want string
+	}{
+		{numpyShapeBomb(t), "numpy array of shape [1048576 1048576] declares more bytes than any message holds (8 present)"},
+		{shapedArray(t, persistor.Float64, []int{1 << 40, 1 << 40}, 8), "declares more bytes"}, // wraps uint64
+		{shapedArray(t, persistor.Uint8, []int{1<<30 + 1}, 1), "declares more bytes"},
+		{shapedArray(t, persistor.Float32, []int{2, 2}, 15), "has 15 bytes, want 16"},
+	} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, err := DecodeShareable(c.data)
+		runtime.ReadMemStats(&after)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("got %v, want %q", err, c.want)
+		}
+		if d := after.TotalAlloc - before.TotalAlloc; d > 1<<20 {
+			t.Errorf("%s: decoding allocated %d bytes", c.want, d)
+		}
+	}
+}
+
+func TestCheckNameAndLogSafe(t *testing.T) {
+	for _, ok := range []string{"site-1", "example_project", "admin@nvidia.com", "a.b", strings.Repeat("x", MaxNameBytes)} {
+		if err := CheckName("name", ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "site 1", "site-1\n", "../x", "a/b", "é", "x\x00", strings.Repeat("x", MaxNameBytes+1)} {
+		err := CheckName("name", bad)
+		if err == nil {
+			t.Errorf("%q accepted", bad)
+		} else if strings.ContainsAny(err.Error(), "\n\x00") {
+			t.Errorf("%q: the error holds it raw: %q", bad, err)
+		}
+	}
+	for in, want := range map[string]string{
+		"plain":           "plain",
+		"two\nlines\r":    `two\nlines\r`,
+		"esc\x1b[2J":      `esc\x1b[2J`,
+		"bad\xffutf8":     `bad\xffutf8`,
+		`back\slash`:      `back\\slash`,
+		"snowman ☃ stays": "snowman ☃ stays",
+	} {
+		if got := LogSafe(in); got != want {
+			t.Errorf("LogSafe(%q) = %q, want %q", in, got, want)
+		}
+	}
+	long := LogSafe(strings.Repeat("y", 1<<20))
+	if len(long) > maxLogBytes+32 || !strings.HasSuffix(long, "...(1048576 bytes)") {
+		t.Errorf("LogSafe of 1 MiB: %d bytes, ends %q", len(long), long[len(long)-20:])
 	}
 }

@@ -260,13 +260,13 @@ func (s *Server) crossSiteResult(c *clientEntry, sh *Shareable, taskID string) s
 	rc := sh.ReturnCode()
 	if t.owner == "" { // submit_model
 		if rc != RCOK || sh.DXO == nil || sh.DXO.Kind != KindWeights {
-			s.crossTaskFailed(x, t, fmt.Sprintf("return code %s, %s", rc, dxoKind(sh)))
+			s.crossTaskFailed(x, t, fmt.Sprintf("return code %s, %s%s", LogSafe(rc), dxoKind(sh), taskErrorSuffix(sh)))
 			return "result ignored"
 		}
 		id := newUUID()
 		data, err := crossTaskData(x.args.ValidationTaskName, id, c.name, sh.DXO)
 		if err != nil {
-			s.crossTaskFailed(x, t, err.Error())
+			s.crossTaskFailed(x, t, logSafeErr(err))
 			return "result ignored"
 		}
 		x.broadcast(x.args.ValidationTaskName, c.name, data, id, x.args.ValidationTimeout)
@@ -275,11 +275,11 @@ func (s *Server) crossSiteResult(c *clientEntry, sh *Shareable, taskID string) s
 		return "Received"
 	}
 	if owner, _ := sh.CookieJar().Get(HeaderModelOwner); owner != t.owner {
-		s.crossTaskFailed(x, t, fmt.Sprintf("result names model owner %v", owner))
+		s.crossTaskFailed(x, t, fmt.Sprintf("result names model owner %s", LogSafe(fmt.Sprint(owner))))
 		return "result ignored"
 	}
 	if rc != RCOK || sh.DXO == nil || sh.DXO.Kind != KindMetrics {
-		s.crossTaskFailed(x, t, fmt.Sprintf("return code %s, %s", rc, dxoKind(sh)))
+		s.crossTaskFailed(x, t, fmt.Sprintf("return code %s, %s%s", LogSafe(rc), dxoKind(sh), taskErrorSuffix(sh)))
 		return "result ignored"
 	}
 	m := map[string]any{}
@@ -302,7 +302,7 @@ func dxoKind(sh *Shareable) string {
 	if sh.DXO == nil {
 		return "no DXO"
 	}
-	return sh.DXO.Kind + " DXO"
+	return LogSafe(sh.DXO.Kind) + " DXO"
 }
 
 // crossSiteTable renders results as lines: one row per scoring site, one
@@ -338,14 +338,14 @@ func metricCell(m map[string]any) string {
 		return "-"
 	}
 	if v, ok := m["val_acc"]; ok {
-		return fmt.Sprintf("val_acc %v", v)
+		return LogSafe(fmt.Sprintf("val_acc %v", v))
 	}
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	return fmt.Sprintf("%s %v", keys[0], m[keys[0]])
+	return LogSafe(fmt.Sprintf("%s %v", keys[0], m[keys[0]]))
 }
 
 func (s *Server) liveClientNames() []string {

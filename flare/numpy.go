@@ -3,6 +3,7 @@ package flare
 import (
 	"errors"
 	"fmt"
+	"math/bits"
 
 	"github.com/nlpodyssey/gopickle/types"
 
@@ -95,6 +96,9 @@ func npScalar(args ...any) (any, error) {
 	default:
 		return nil, fmt.Errorf("numpy scalar data is a %T", args[1])
 	}
+	if want := dtypeCodes[dt.code].Size(); len(data) != want {
+		return nil, fmt.Errorf("numpy scalar of dtype %s has %d bytes, want %d", dt.code, len(data), want)
+	}
 	return &ndarray{shape: []int{}, dt: dt, data: data, built: true}, nil
 }
 
@@ -107,13 +111,15 @@ func (a *ndarray) PySetState(state any) error {
 	if !ok || shape.Len() > 32 {
 		return errors.New("numpy array shape is not a tuple")
 	}
+	var dims []int
 	for i := 0; i < shape.Len(); i++ {
 		n, ok := toInt64(shape.Get(i))
 		if !ok || n < 0 || n > 1<<40 {
 			return errors.New("numpy array shape is not made of sizes")
 		}
-		a.shape = append(a.shape, int(n))
+		dims = append(dims, int(n))
 	}
+	a.shape = dims
 	if a.dt, ok = t.Get(2).(*dtype); !ok {
 		return errors.New("numpy array dtype missing")
 	}
@@ -145,18 +151,37 @@ func (a *ndarray) tensor() (*persistor.Tensor, error) {
 	if a.dt.order == ">" && dt.Size() > 1 {
 		return nil, errors.New("big-endian numpy arrays are not supported")
 	}
-	t, err := persistor.NewTensor(dt, a.shape...)
-	if err != nil {
-		return nil, err
+	// The declared shape is checked against the bytes present before
+	// anything is allocated: a shape of [2^20, 2^20] with 8 bytes of data
+	// must cost nothing.
+	want, ok := arrayBytes(a.shape, dt.Size())
+	if !ok {
+		return nil, fmt.Errorf("numpy array of shape %v declares more bytes than any message holds (%d present)", a.shape, len(a.data))
 	}
-	if len(a.data) != len(t.Data) {
-		return nil, fmt.Errorf("numpy array of shape %v has %d bytes, want %d", a.shape, len(a.data), len(t.Data))
+	if len(a.data) != want {
+		return nil, fmt.Errorf("numpy array of shape %v has %d bytes, want %d", a.shape, len(a.data), want)
 	}
 	if a.fortran && len(a.shape) > 1 {
-		return nil, errors.New("Fortran-ordered numpy arrays are not supported")
+		return nil, errors.New("numpy arrays in Fortran order are not supported")
 	}
-	t.Data = a.data
-	return t, nil
+	return &persistor.Tensor{DType: dt, Shape: append([]int{}, a.shape...), Data: a.data}, nil
+}
+
+// arrayBytes is the byte size of an array of this shape, false when the
+// product overflows or passes MaxPickleBytes (the data could not be there).
+func arrayBytes(shape []int, itemSize int) (int, bool) {
+	n := uint64(itemSize)
+	for _, d := range shape {
+		if d < 0 {
+			return 0, false
+		}
+		hi, lo := bits.Mul64(n, uint64(d))
+		if hi != 0 || lo > uint64(MaxPickleBytes) {
+			return 0, false
+		}
+		n = lo
+	}
+	return int(n), true
 }
 
 // ndarrayValue writes a tensor as numpy pickles an array.

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	_ "google.golang.org/grpc/encoding/gzip" // NVFlare 2.0 compresses with gzip
+	"google.golang.org/grpc/keepalive"
 	grpcpeer "google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -24,8 +27,24 @@ import (
 	"github.com/flarego/flarego/proto/fedlearn"
 )
 
-// MaxMessageBytes is NVFlare 2.0's gRPC message limit (2 GiB - 1).
+// MaxMessageBytes is NVFlare 2.0's gRPC message limit (2 GiB - 1). The
+// server sends up to it; what it receives is bounded per method (limits.go).
 const MaxMessageBytes = math.MaxInt32
+
+// Connection limits of the server (see the README's Security section).
+const (
+	// maxStreamsPerConn bounds the calls one connection has open at once
+	// (our client has four at most: heartbeat, admin poll, task, result).
+	maxStreamsPerConn = 32
+	// maxHeaderBytes bounds a call's metadata (gRPC's default is 16 MiB).
+	maxHeaderBytes = 64 << 10
+	// maxClients bounds the registered clients: a registration is
+	// unauthenticated without TLS, and each one is kept until its
+	// heart-beat timeout.
+	maxClients = 1024
+	// stopGrace is how long stopping waits for calls in flight.
+	stopGrace = 5 * time.Second
+)
 
 // Server is the FL server running NVFlare's ScatterAndGather workflow with
 // the full-model shareable generator and the NUM_STEPS-weighted in-time
@@ -162,8 +181,20 @@ func (s *Server) notify() {
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes),
-		grpc.InTapHandle(s.uploads.acquire), grpc.StatsHandler(&s.uploads), grpc.ForceServerCodecV2(newTaskCodec())}, s.ServerOptions...)...)
+	s.uploads.known = s.knownToken
+	gs := grpc.NewServer(append([]grpc.ServerOption{
+		// Received messages are bounded by the largest a method may get (a
+		// SubmitUpdate); the codec holds each message to its own limit.
+		grpc.MaxRecvMsgSize(maxContributionBytes()), grpc.MaxSendMsgSize(MaxMessageBytes),
+		//lint:ignore SA1019 the only server-side hook that keeps gRPC from decompressing before the codec knows the method
+		grpc.RPCDecompressor(gzipPassThrough{}),
+		grpc.InTapHandle(s.uploads.acquire), grpc.StatsHandler(&s.uploads), grpc.ForceServerCodecV2(newTaskCodec()),
+		grpc.MaxConcurrentStreams(maxStreamsPerConn), grpc.MaxHeaderListSize(maxHeaderBytes),
+		grpc.ConnectionTimeout(20 * time.Second),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// Idle connections are closed (clients reconnect on their own).
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: 5 * time.Minute, Time: time.Minute, Timeout: 20 * time.Second}),
+	}, s.ServerOptions...)...)
 	fedlearn.RegisterFederatedTrainingServer(gs, s)
 	admin.RegisterAdminCommunicatingServer(gs, s)
 	s.mu.Lock()
@@ -171,7 +202,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	r, oneJob := s.run, s.oneJob
 	s.mu.Unlock()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- gs.Serve(lis) }()
+	go func() { serveErr <- gs.Serve(newLimitListener(lis, maxConns, &s.uploads.conns)) }()
 	var err error
 	if oneJob {
 		r.status = statusStarted
@@ -181,7 +212,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 			if grace == 0 {
 				grace = 10 * time.Second
 			}
-			err = s.waitEnded(ctx, r, grace)
+			err = s.endRun(ctx, r, grace)
 		}
 	} else {
 		<-ctx.Done()
@@ -194,11 +225,26 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		}
 		s.mu.Unlock()
 	}
-	gs.GracefulStop()
+	stopGracefully(gs)
 	if e := <-serveErr; err == nil && e != nil && !errors.Is(e, grpc.ErrServerStopped) {
 		err = e
 	}
 	return err
+}
+
+// stopGracefully lets the calls in flight end, for stopGrace at most: a
+// peer that keeps a stream open must not keep the server from exiting.
+func stopGracefully(gs *grpc.Server) {
+	done := make(chan struct{})
+	go func() { gs.GracefulStop(); close(done) }()
+	t := time.NewTimer(stopGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		gs.Stop()
+		<-done
+	}
 }
 
 // Stop ends Serve at once.
@@ -245,7 +291,7 @@ func (s *Server) workflow(ctx context.Context, run *runState) (err error) {
 		}
 		ck.Model = global
 		if err := run.persist.Save(ck); err != nil {
-			return fmt.Errorf("round %d: saving the global model: %w", r, err)
+			return fmt.Errorf("round %d/%d: saving the global model: %w", r+1, sag.NumRounds, err)
 		}
 		s.logf("round %d/%d done: aggregated %d result(s) (%.0f steps) in %.2f s; global model saved", r+1, sag.NumRounds, n, acc.total, time.Since(start).Seconds())
 	}
@@ -268,7 +314,7 @@ func (s *Server) startRound(run *runState, r int, global *persistor.StateDict) e
 	sh.DXO = WeightsDXO(global, nil)
 	data, err := EncodeShareable(sh)
 	if err != nil {
-		return fmt.Errorf("round %d: encoding the task: %w", r, err)
+		return fmt.Errorf("round %d/%d: encoding the task: %w", r+1, run.sag.NumRounds, err)
 	}
 	acc, err := newAccumulator(global)
 	if err != nil {
@@ -310,13 +356,13 @@ func (s *Server) gather(ctx context.Context, run *runState, r int) (*accumulator
 			}
 		}
 		if n < sag.MinClients && failed > 0 && n+failed >= live {
-			return nil, 0, fmt.Errorf("round %d: %d result(s) of min_clients %d: %d client(s) failed the task and every other live client answered", r, n, sag.MinClients, failed)
+			return nil, 0, fmt.Errorf("round %d/%d: %d result(s) of min_clients %d: %d client(s) failed the task and every other live client answered", r+1, sag.NumRounds, n, sag.MinClients, failed)
 		}
 		if sag.TrainTimeout > 0 && time.Since(started) > time.Duration(sag.TrainTimeout*float64(time.Second)) {
-			return nil, 0, fmt.Errorf("round %d: %d of min_clients %d results within train_timeout %.0f s", r, n, sag.MinClients, sag.TrainTimeout)
+			return nil, 0, fmt.Errorf("round %d/%d: %d of min_clients %d results within train_timeout %.0f s", r+1, sag.NumRounds, n, sag.MinClients, sag.TrainTimeout)
 		}
 		if time.Since(lastLog) > 30*time.Second {
-			s.logf("round %d: waiting: %d of %d results needed, %d live client(s)", r+1, n, sag.MinClients, live)
+			s.logf("round %d/%d: waiting: %d of %d results needed, %d live client(s)", r+1, sag.NumRounds, n, sag.MinClients, live)
 			lastLog = time.Now()
 		}
 		timer := time.NewTimer(250 * time.Millisecond)
@@ -348,32 +394,57 @@ func (s *Server) liveClients() int {
 	return len(s.clients)
 }
 
-// waitEnded waits until every live client fetched __end_run__ or, if it
-// polls the admin channel, was told to shut down.
-func (s *Server) waitEnded(ctx context.Context, run *runState, grace time.Duration) error {
+// endRun ends a one-job server's run as NVFlare 2.0's server does: once
+// the workflow is over, GetTask answers __end_run__ to every client, and the
+// server waits until each live client has fetched it. Only then are the
+// clients that poll the admin channel told to shut down (an NVFlare client
+// kills its training process on shutdown: told earlier, that process dies
+// before it hears the run ended). Each wait ends after grace at most.
+func (s *Server) endRun(ctx context.Context, run *runState, grace time.Duration) error {
+	err := s.waitClients(ctx, grace, "fetch __end_run__", func(_ string, c *clientEntry) bool { return run.ended[c.name] })
+	if err != nil {
+		return err
+	}
 	s.admin.shutdownPolled(s.runNumberString())
+	return s.waitClients(ctx, grace, "fetch the shutdown request", func(tok string, _ *clientEntry) bool {
+		polls, told := s.admin.delivered(tok, TopicShutdown)
+		return !polls || told
+	})
+}
+
+// waitClients waits until done holds for every live client (s.mu held
+// while it is called), or grace passes; then it names those it did not.
+func (s *Server) waitClients(ctx context.Context, grace time.Duration, what string, done func(token string, c *clientEntry) bool) error {
 	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) {
+	for {
 		s.mu.Lock()
-		all := true
+		s.dropDead()
+		var missing []string
 		for tok, c := range s.clients {
-			if polls, told := s.admin.delivered(tok, TopicShutdown); (polls && !told) || (!polls && !run.ended[c.name]) {
-				all = false
+			if !done(tok, c) {
+				missing = append(missing, c.name)
 			}
 		}
 		ch := s.changed
 		s.mu.Unlock()
-		if all {
+		if len(missing) == 0 {
 			return nil
 		}
+		if !time.Now().Before(deadline) {
+			sort.Strings(missing)
+			s.logf("client(s) %s did not %s within %s", strings.Join(missing, ", "), what, grace)
+			return nil
+		}
+		t := time.NewTimer(min(100*time.Millisecond, time.Until(deadline)))
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return ctx.Err()
 		case <-ch:
-		case <-time.After(100 * time.Millisecond):
+		case <-t.C:
 		}
+		t.Stop()
 	}
-	return nil
 }
 
 func newUUID() string {
@@ -403,15 +474,20 @@ func (s *Server) meta() *fedlearn.MetaData {
 
 // Register logs a client in and gives it a token.
 func (s *Server) Register(ctx context.Context, req *fedlearn.ClientLogin) (*fedlearn.FederatedSummary, error) {
-	if req.ClientName == "" {
-		return nil, status.Error(codes.InvalidArgument, "client_name is empty")
+	if err := CheckName("client name", req.ClientName); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "registration refused: %v", err)
+	}
+	if p := req.GetMeta().GetProject().GetName(); p != "" {
+		if err := CheckName("project name", p); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "registration of %s refused: %v", req.ClientName, err)
+		}
 	}
 	// With mutual TLS the name must be the one the certificate was issued to.
 	if p, ok := grpcpeer.FromContext(ctx); ok {
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
 			if cn := ti.State.PeerCertificates[0].Subject.CommonName; cn != req.ClientName {
-				s.logf("refused registration of %q with a certificate for %q", req.ClientName, cn)
-				return nil, status.Errorf(codes.PermissionDenied, "client name %q does not match its certificate (%q)", req.ClientName, cn)
+				s.logf("refused registration of %s with a certificate for %q", req.ClientName, LogSafe(cn))
+				return nil, status.Errorf(codes.PermissionDenied, "client name %q does not match its certificate (%q)", req.ClientName, LogSafe(cn))
 			}
 		}
 	}
@@ -422,11 +498,27 @@ func (s *Server) Register(ctx context.Context, req *fedlearn.ClientLogin) (*fedl
 			delete(s.clients, t) // a restarted client takes a new token
 		}
 	}
+	if len(s.clients) >= maxClients {
+		s.dropDead()
+	}
+	if len(s.clients) >= maxClients {
+		s.mu.Unlock()
+		s.logf("refused registration of %s: %d clients registered already", req.ClientName, maxClients)
+		return nil, status.Errorf(codes.ResourceExhausted, "registration refused: the server has %d clients already", maxClients)
+	}
 	s.clients[tok] = &clientEntry{name: req.ClientName, token: tok, lastSeen: time.Now()}
 	s.notify()
 	s.mu.Unlock()
 	s.logf("client %s registered", req.ClientName)
 	return &fedlearn.FederatedSummary{Comment: "New client registered", Token: tok, Meta: s.meta()}, nil
+}
+
+// knownToken says whether a token is a registered client's.
+func (s *Server) knownToken(token string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.clients[token]
+	return ok
 }
 
 // client checks a token and marks the client alive.
@@ -555,8 +647,8 @@ func (s *Server) SubmitUpdate(ctx context.Context, req *fedlearn.Contribution) (
 	}
 	sh, err := DecodeShareable(req.Data.Params["data"].Ndarray)
 	if err != nil {
-		s.logf("client %s: rejected result: %v", c.name, err)
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		s.logf("client %s: rejected result: %s", c.name, logSafeErr(err))
+		return nil, status.Error(codes.InvalidArgument, logSafeErr(err))
 	}
 	var tid, cr, wf any
 	if jar := sh.CookieJar(); jar != nil {
@@ -569,14 +661,18 @@ func (s *Server) SubmitUpdate(ctx context.Context, req *fedlearn.Contribution) (
 		return &fedlearn.FederatedSummary{Comment: s.crossSiteResult(c, sh, id)}, nil
 	}
 	if rc := sh.ReturnCode(); rc != RCOK {
-		s.logf("client %s: task failed with %s", c.name, rc)
+		task := sh.HeaderString(HeaderTaskName)
 		s.mu.Lock()
+		if run := s.run; task == "" && run != nil && tid == run.taskID {
+			task = fmt.Sprintf("%s (round %d/%d)", run.sag.TrainTaskName, run.round+1, run.sag.NumRounds)
+		}
+		s.logf("client %s: task %s failed with %s%s", c.name, LogSafe(task), LogSafe(rc), taskErrorSuffix(sh))
 		if run := s.run; run != nil && run.acc != nil && tid == run.taskID && !run.contributed[c.name] {
 			run.failed[c.name] = true // not sent again this round
 			s.notify()
 		}
 		s.mu.Unlock()
-		return &fedlearn.FederatedSummary{Comment: "result ignored: " + rc}, nil
+		return &fedlearn.FederatedSummary{Comment: "result ignored: " + LogSafe(rc)}, nil
 	}
 	if sh.DXO == nil || sh.DXO.Kind != KindWeights {
 		return nil, status.Error(codes.InvalidArgument, "result is not a WEIGHTS DXO")
@@ -601,13 +697,22 @@ func (s *Server) SubmitUpdate(ctx context.Context, req *fedlearn.Contribution) (
 		return &fedlearn.FederatedSummary{Comment: "duplicate result ignored"}, nil
 	}
 	if err := run.acc.add(sh.DXO, float64(steps)); err != nil {
-		s.logf("client %s: rejected result: %v", c.name, err)
-		return nil, status.Error(codes.InvalidArgument, err.Error())
+		s.logf("client %s: rejected result: %s", c.name, logSafeErr(err))
+		return nil, status.Error(codes.InvalidArgument, logSafeErr(err))
 	}
 	run.contributed[c.name] = true
 	s.notify()
 	s.logf("client %s: result for round %d accepted (%d steps)", c.name, run.round+1, steps)
 	return &fedlearn.FederatedSummary{Comment: "Received"}, nil
+}
+
+// taskErrorSuffix is ": REASON" when a failed result says why (the
+// task_error header our client sets), else "".
+func taskErrorSuffix(sh *Shareable) string {
+	if why := sh.HeaderString(HeaderTaskError); why != "" {
+		return ": " + LogSafe(why)
+	}
+	return ""
 }
 
 // Retrieve answers the admin channel's poll (the client names itself by

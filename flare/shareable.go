@@ -42,6 +42,9 @@ const (
 	HeaderModelOwner = "_model_owner_"
 	// HeaderSubmitModelName asks submit_model for a model ("best_model").
 	HeaderSubmitModelName = "submit_model_name"
+	// HeaderTaskError says why a task failed, on a result whose __rc__ is
+	// not OK: flarego's client sets it (NVFlare's does not), the server logs it.
+	HeaderTaskError = "task_error"
 )
 
 // Special task names the server answers GetTask with.

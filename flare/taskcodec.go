@@ -1,12 +1,15 @@
 package flare
 
 import (
+	"io"
+
 	"google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto" // the default codec this one wraps
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 	protobuf "google.golang.org/protobuf/proto"
 
+	"github.com/flarego/flarego/proto/admin"
 	"github.com/flarego/flarego/proto/fedlearn"
 )
 
@@ -24,7 +27,61 @@ func newTaskCodec() taskCodec { return taskCodec{std: encoding.GetCodecV2("proto
 
 func (c taskCodec) Name() string { return "proto" }
 
-func (c taskCodec) Unmarshal(data mem.BufferSlice, v any) error { return c.std.Unmarshal(data, v) }
+// Unmarshal checks a request against its message's size limit, and
+// decompresses it here, within that limit, when it came gzip-compressed
+// (see gzipPassThrough). No valid protobuf message starts with 0x1f (field
+// 3, wire type 7 does not exist), so gzip's magic number tells the two apart;
+// a peer that sends gzip data without saying so gets the same limits.
+func (c taskCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	name, limit := requestLimit(v)
+	if data.Len() > limit {
+		return errTooLarge(name, limit)
+	}
+	var b []byte
+	if len(data) == 1 {
+		b = data[0].ReadOnlyData()
+	} else {
+		b = data.Materialize()
+	}
+	if len(b) >= 2 && b[0] == 0x1f && b[1] == 0x8b {
+		var err error
+		if b, err = gunzipLimited(b, limit, name); err != nil {
+			return err
+		}
+	}
+	return protobuf.Unmarshal(b, v.(protobuf.Message))
+}
+
+// requestLimit names a request message and bounds its size.
+func requestLimit(v any) (string, int) {
+	switch v.(type) {
+	case *fedlearn.Contribution:
+		return "SubmitUpdate", maxContributionBytes()
+	case *admin.Reply:
+		return "admin reply", maxReplyBytes
+	case *fedlearn.ClientLogin:
+		return "Register", maxSmallRequestBytes
+	case *fedlearn.ClientState:
+		return "GetTask/Quit", maxSmallRequestBytes
+	case *fedlearn.Token:
+		return "Heartbeat", maxSmallRequestBytes
+	case *admin.Client:
+		return "Retrieve", maxSmallRequestBytes
+	}
+	return "request", maxSmallRequestBytes
+}
+
+// gzipPassThrough is the server's decompressor for "gzip": it hands the
+// compressed bytes on as they are, and taskCodec.Unmarshal decompresses
+// them. gRPC decompresses before the codec and knows only one limit for
+// every method (the largest, a SubmitUpdate's), so with its own gzip a
+// 1 MB Register could expand to a gigabyte; the codec knows the message and
+// stops at its limit. Only the server uses it: clients in the same
+// process keep gRPC's gzip for the answers.
+type gzipPassThrough struct{}
+
+func (gzipPassThrough) Type() string                   { return "gzip" }
+func (gzipPassThrough) Do(r io.Reader) ([]byte, error) { return io.ReadAll(r) }
 
 func (c taskCodec) Marshal(v any) (mem.BufferSlice, error) {
 	ct, ok := v.(*fedlearn.CurrentTask)
