@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -416,17 +415,6 @@ func TestSilentStreamsDoNotStallTraining(t *testing.T) {
 	log.check(t, 300)
 }
 
-// pickleBoundsValues says whether persistor/pickle refuses integers beyond
-// Python's 4,300 digits (the fix that also bounds the values a pickle
-// builds); without it the pickle attacks would take the test process down.
-func pickleBoundsValues() bool {
-	if os.Getenv("FLAREGO_PICKLE_ATTACKS") != "" {
-		return true
-	}
-	_, _, err := (&pickle.Unpickler{}).Unpickle([]byte("\x80\x02L" + strings.Repeat("7", 50000) + "L\n."))
-	return err != nil
-}
-
 // The attacks (items 1, 2, 3, 5, 6), from 127.0.0.1 and bounded in
 // count and time, while two clients run two rounds: the run completes,
 // the server stays up and its heap in use stays under 256 MiB.
@@ -437,10 +425,6 @@ func TestServerSurvivesScriptedAttack(t *testing.T) {
 	srv.uploads.submitRecv, srv.uploads.smallRecv = time.Second, time.Second
 	addr, done := serveOn(t, srv)
 	defer srv.Stop()
-	pickles := pickleBoundsValues()
-	if !pickles {
-		t.Log("persistor/pickle does not bound integers and shared values yet: the pickle attacks (items 2 and 6) are left out")
-	}
 	attackCtx, stopAttack := context.WithCancel(context.Background())
 	defer stopAttack()
 	stop := heapPeak()
@@ -525,12 +509,10 @@ func TestServerSurvivesScriptedAttack(t *testing.T) {
 		_, err := forger.GetTask(metadata.AppendToOutgoingContext(attackCtx, tokenHeader, "forged"), &fedlearn.ClientState{Token: "forged"})
 		return err
 	})
-	if pickles {
-		// Item 2: billion laughs; item 6: a 1 MiB LONG4 and a 4-million-digit LONG.
-		attack("billion laughs", 2, submit(billionLaughs(80)))
-		attack("LONG4 of 1 MiB", 1, submit(bigLong4(1<<20)))
-		attack("LONG of 4M digits", 1, submit(bigDecimalLong(4_000_000)))
-	}
+	// Item 2: billion laughs; item 6: a 1 MiB LONG4 and a 4-million-digit LONG.
+	attack("billion laughs", 2, submit(billionLaughs(80)))
+	attack("LONG4 of 1 MiB", 1, submit(bigLong4(1<<20)))
+	attack("LONG of 4M digits", 1, submit(bigDecimalLong(4_000_000)))
 
 	// Item 5: header-only streams without a token, to every gated pool.
 	time.Sleep(100 * time.Millisecond)

@@ -24,13 +24,11 @@ func FuzzDecodeShareable(f *testing.F) {
 	f.Add(shapedArray(f, persistor.Float64, []int{1 << 40, 1 << 40}, 8))
 	f.Add(shapedArray(f, persistor.Uint8, []int{1 << 30, 1 << 30, 1 << 30}, 1))
 	f.Add(shareablePickle([]byte("cnumpy\ndtype\nX\x02\x00\x00\x00f8\x85Rcnumpy.core.multiarray\nscalar\nq\x01h\x00C\x03abc\x86R")))
-	if pickleBoundsValues() {
-		// Built in a few hundred bytes, standing for 2^80 values or
-		// millions of digits: only once persistor/pickle bounds them.
-		f.Add(billionLaughs(80))
-		f.Add(bigLong4(1 << 20))
-		f.Add(bigDecimalLong(100_000))
-	}
+	// Built in a few hundred bytes, standing for 2^80 values or millions
+	// of digits.
+	f.Add(billionLaughs(80))
+	f.Add(bigLong4(1 << 20))
+	f.Add(bigDecimalLong(100_000))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if s, err := DecodeShareable(data); err == nil {
 			if _, err := EncodeShareable(s); err != nil {
