@@ -543,3 +543,94 @@ func TestClientReRegistersFromAdminPollAfterServerRestart(t *testing.T) {
 		t.Fatalf("started %v", started)
 	}
 }
+
+// capturedAdminRun is what a real NVFlare 2.0.5 server sent on the admin
+// channel to start a run (set_run_number, deploy with the app, start),
+// renumbered to run.
+func capturedAdminRun(t *testing.T, run string) []*admin.Message {
+	t.Helper()
+	var out []*admin.Message
+	for _, name := range []string{"0007_Retrieve_resp.bin", "0011_Retrieve_resp.bin", "0016_Retrieve_resp.bin"} {
+		var msgs admin.Messages
+		if err := protobuf.Unmarshal(fixture(t, "captured", name), &msgs); err != nil {
+			t.Fatal(err)
+		}
+		m := msgs.Message[0]
+		m.Headers["run_number"] = run
+		out = append(out, m)
+	}
+	return out
+}
+
+// The server runs run 2 (as after set_run_number 2): the client asks for
+// its tasks in run 2 and trains; NVFlare 2.0.5's server would end the
+// run of a client that said run 1, as flarego's client always did.
+func TestClientSendsTheRunNumberTheServerSet(t *testing.T) {
+	f := &fakeServer{t: t, run: 2, adminMsgs: capturedAdminRun(t, "2"),
+		tasks: []*fedlearn.CurrentTask{capturedTask(t, "gettask-train.CurrentTask.pb")}}
+	lis := listen(t)
+	f.serve(lis)
+	logs := &logLines{t: t}
+	c := &Client{Name: "site-1", Target: lis.Addr().String(), Logf: logs.logf}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ws := t.TempDir()
+	done := make(chan error, 1)
+	go func() {
+		done <- c.RunAdmin(ctx, AdminHandler{Workspace: ws, Start: func(string) (map[string]Executor, error) {
+			return map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}, nil
+		}})
+	}()
+	for deadline := time.Now().Add(10 * time.Second); logs.count("run 2 done") == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("run 2 did not end")
+		}
+	}
+	cancel()
+	<-done
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.submits) != 1 {
+		t.Fatalf("%d results submitted in run 2, want 1 (GetTask run numbers %v)", len(f.submits), f.getTasks)
+	}
+	for _, n := range f.getTasks {
+		if n != 2 {
+			t.Fatalf("GetTask named runs %v, want 2", f.getTasks)
+		}
+	}
+	if got := f.submits[0].Client.GetMeta().GetRunNumber(); got != 2 {
+		t.Fatalf("SubmitUpdate meta names run %d", got)
+	}
+	if _, err := os.Stat(filepath.Join(ws, "run_2", "app_site-1", "config", "config_fed_client.json")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A client told to end a run in which it got no task says so, instead
+// of "run N done".
+func TestClientWarnsOfRunEndedWithoutTask(t *testing.T) {
+	f := &fakeServer{t: t, run: 2, adminMsgs: capturedAdminRun(t, "1"),
+		tasks: []*fedlearn.CurrentTask{capturedTask(t, "gettask-train.CurrentTask.pb")}}
+	lis := listen(t)
+	f.serve(lis)
+	logs := &logLines{t: t}
+	c := &Client{Name: "site-1", Target: lis.Addr().String(), Logf: logs.logf}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- c.RunAdmin(ctx, AdminHandler{Workspace: t.TempDir(), Start: func(string) (map[string]Executor, error) {
+			return map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}, nil
+		}})
+	}()
+	for deadline := time.Now().Add(10 * time.Second); logs.count("run 1 ended without a task") == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the client did not say run 1 ended without a task")
+		}
+	}
+	cancel()
+	<-done
+	if logs.count("warning: client site-1: the server ended run 1 before giving this client any task") != 1 || logs.count("run 1 done") != 0 {
+		t.Fatal("no warning, or the run was called done")
+	}
+}
