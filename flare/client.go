@@ -200,13 +200,7 @@ func (c *Client) workTasks(ctx context.Context) (int, error) {
 			}
 			return tasks, nil
 		case TaskTryAgain:
-			wait := 2 * time.Second
-			if sh, err := DecodeShareable(task.Data.GetParams()["data"].GetNdarray()); err == nil {
-				if w, ok := sh.WaitTime(); ok && w > 0 {
-					wait = time.Duration(w * float64(time.Second))
-				}
-			}
-			if err := sleep(ctx, min(wait, 2*time.Second)); err != nil {
+			if err := sleep(ctx, tryAgainAfter(task)); err != nil {
 				return tasks, err
 			}
 			continue
@@ -216,6 +210,25 @@ func (c *Client) workTasks(ctx context.Context) (int, error) {
 			return tasks, err
 		}
 	}
+}
+
+// tryAgainAfter is how long to wait after a __try_again__: the server's
+// __wait_time__, kept between 50 ms and 2 s (compared as floats: NaN, Inf
+// or 1e300 do not convert to a Duration).
+func tryAgainAfter(task *fedlearn.CurrentTask) time.Duration {
+	const lo, hi = 0.05, 2.0
+	sh, err := DecodeShareable(task.Data.GetParams()["data"].GetNdarray())
+	if err != nil {
+		return hi * time.Second
+	}
+	w, ok := sh.WaitTime()
+	switch {
+	case !ok || !(w < hi): // NaN too
+		w = hi
+	case w < lo:
+		w = lo
+	}
+	return time.Duration(w * float64(time.Second))
 }
 
 func sleep(ctx context.Context, d time.Duration) error {
@@ -435,18 +448,18 @@ func taskErrorText(err error) string {
 func (c *Client) runTask(ctx context.Context, task *fedlearn.CurrentTask) error {
 	sh, err := DecodeShareable(task.Data.GetParams()["data"].GetNdarray())
 	if err != nil {
-		return fmt.Errorf("client %s: task %s: %w", c.Name, task.TaskName, err)
+		return fmt.Errorf("client %s: task %s: %w", c.Name, strconv.Quote(logCut(task.TaskName)), err)
 	}
 	var fl *FLContext
 	if p := task.Data.GetParams()["fl_context"]; p != nil {
 		if fl, err = DecodeFLContext(p.Ndarray); err != nil {
-			return fmt.Errorf("client %s: task %s: %w", c.Name, task.TaskName, err)
+			return fmt.Errorf("client %s: task %s: %w", c.Name, strconv.Quote(logCut(task.TaskName)), err)
 		}
 	}
 	result := NewShareable()
 	ex, ok := c.Tasks[task.TaskName]
 	if !ok {
-		c.logf("client %s: no executor for task %q", c.Name, task.TaskName)
+		c.logf("client %s: no executor for task %s", c.Name, strconv.Quote(logCut(task.TaskName)))
 		result.SetHeader(HeaderRC, RCTaskUnknown)
 	} else {
 		c.logf("client %s: running task %s", c.Name, task.TaskName)
@@ -505,7 +518,7 @@ func (c *Client) runTask(ctx context.Context, task *fedlearn.CurrentTask) error 
 		return c.reRegister(ctx, tok, "result refused, the server does not know this client (restarted?)")
 	}
 	if err != nil {
-		return fmt.Errorf("client %s: submitting %s: %w", c.Name, task.TaskName, err)
+		return fmt.Errorf("client %s: submitting %s: %w", c.Name, strconv.Quote(logCut(task.TaskName)), err)
 	}
 	return nil
 }

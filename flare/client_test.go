@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	protobuf "google.golang.org/protobuf/proto"
 
 	"github.com/flarego/flarego/flare/hci"
+	"github.com/flarego/flarego/persistor/pickle"
 	"github.com/flarego/flarego/proto/admin"
 	"github.com/flarego/flarego/proto/fedlearn"
 )
@@ -632,5 +634,107 @@ func TestClientWarnsOfRunEndedWithoutTask(t *testing.T) {
 	<-done
 	if logs.count("warning: client site-1: the server ended run 1 before giving this client any task") != 1 || logs.count("run 1 done") != 0 {
 		t.Fatal("no warning, or the run was called done")
+	}
+}
+
+// run2 reads a file of the two-run capture of a real NVFlare 2.0.5 server
+// (testdata/nvflare/captured-run2: client is "fixed-client", flarego's
+// client as it is now, or "run1-client", the one that always said run 1).
+func run2(t *testing.T, client, name string, m protobuf.Message) {
+	t.Helper()
+	if err := protobuf.Unmarshal(fixture(t, "captured-run2", client, name), m); err != nil {
+		t.Fatalf("%s/%s: %v", client, name, err)
+	}
+}
+
+func runNumOf(t *testing.T, st *fedlearn.ClientState) any {
+	t.Helper()
+	fl, err := DecodeFLContext(st.Context["fl_context"].GetNdarray())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _ := fl.Get("__run_num__")
+	return v
+}
+
+// Run 2 on a real NVFlare 2.0.5 server: the recorded traffic shows it
+// ends the run of a client that asks in run 1 (as flarego's client did)
+// and hands "train" to one that asks in run 2; replayed, its run-2
+// requests make flarego's client ask in run 2 and train.
+func TestClientTakesRun2OfNVFlareServer(t *testing.T) {
+	var req fedlearn.ClientState
+	var resp fedlearn.CurrentTask
+	run2(t, "run1-client", "0050_GetTask_req.bin", &req)
+	run2(t, "run1-client", "0050_GetTask_resp.bin", &resp)
+	if runNumOf(t, &req) != int64(1) || resp.TaskName != TaskEndRun {
+		t.Fatalf("recorded run-2 GetTask of the run-1 client: run %v, answer %s", runNumOf(t, &req), resp.TaskName)
+	}
+	run2(t, "fixed-client", "0048_GetTask_req.bin", &req)
+	run2(t, "fixed-client", "0048_GetTask_resp.bin", &resp)
+	if runNumOf(t, &req) != int64(2) || resp.TaskName != "train" {
+		t.Fatalf("recorded run-2 GetTask: run %v, answer %s", runNumOf(t, &req), resp.TaskName)
+	}
+
+	f := &fakeServer{t: t, run: 2, tasks: []*fedlearn.CurrentTask{&resp}}
+	for _, name := range []string{"0037_Retrieve_resp.bin", "0041_Retrieve_resp.bin", "0045_Retrieve_resp.bin"} {
+		var msgs admin.Messages
+		run2(t, "fixed-client", name, &msgs)
+		f.adminMsgs = append(f.adminMsgs, msgs.Message...)
+	}
+	if f.adminMsgs[0].Topic != TopicSetRunNumber || f.adminMsgs[0].Headers["run_number"] != "2" || f.adminMsgs[2].Topic != TopicStart {
+		t.Fatalf("recorded admin requests: %v", f.adminMsgs)
+	}
+	lis := listen(t)
+	f.serve(lis)
+	logs := &logLines{t: t}
+	c := &Client{Name: "site-1", Target: lis.Addr().String(), Logf: logs.logf}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- c.RunAdmin(ctx, AdminHandler{Workspace: t.TempDir(), Start: func(string) (map[string]Executor, error) {
+			return map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}, nil
+		}})
+	}()
+	for deadline := time.Now().Add(10 * time.Second); logs.count("run 2 done") == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("run 2 did not end")
+		}
+	}
+	cancel()
+	<-done
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.submits) != 1 || fmt.Sprint(f.getTasks) != "[2 2]" {
+		t.Fatalf("%d results; GetTask in runs %v", len(f.submits), f.getTasks)
+	}
+	var sub fedlearn.Contribution
+	run2(t, "fixed-client", "0051_SubmitUpdate_req.bin", &sub)
+	if got, want := f.submits[0].Client.GetMeta().GetRunNumber(), sub.Client.GetMeta().GetRunNumber(); got != 2 || want != 2 {
+		t.Fatalf("SubmitUpdate meta run %d, recorded %d", got, want)
+	}
+}
+
+// A server's __wait_time__ of NaN, Inf, 1e300 or 1e-9 neither makes the
+// client poll in a tight loop nor sleep for ever.
+func TestTryAgainWaitTimeBounded(t *testing.T) {
+	for _, c := range []struct {
+		w    any
+		want time.Duration
+	}{
+		{math.NaN(), 2 * time.Second}, {math.Inf(1), 2 * time.Second}, {math.Inf(-1), 50 * time.Millisecond},
+		{1e300, 2 * time.Second}, {-1.0, 50 * time.Millisecond}, {1e-9, 50 * time.Millisecond},
+		{0.5, 500 * time.Millisecond}, {int64(1 << 62), 2 * time.Second}, {"soon", 2 * time.Second},
+	} {
+		sh := NewShareable()
+		sh.Extra = append(sh.Extra, pickle.Item{Key: HeaderWaitTime, Value: c.w})
+		data, err := EncodeShareable(sh)
+		if err != nil {
+			t.Fatal(err)
+		}
+		task := &fedlearn.CurrentTask{TaskName: TaskTryAgain, Data: &fedlearn.ModelData{Params: map[string]*fedlearn.NDArray{"data": {Ndarray: data}}}}
+		if got := tryAgainAfter(task); got != c.want {
+			t.Errorf("__wait_time__ %v: waits %s, want %s", c.w, got, c.want)
+		}
 	}
 }
