@@ -148,7 +148,7 @@ func TestDeployAndStartThroughAdminChannel(t *testing.T) {
 	}
 }
 
-func zipPT(t *testing.T, name, content string) []byte {
+func zipPT(t testing.TB, name, content string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	zw := zip.NewWriter(&buf)

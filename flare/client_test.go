@@ -738,3 +738,36 @@ func TestTryAgainWaitTimeBounded(t *testing.T) {
 		}
 	}
 }
+
+// Whatever run number and app name a server sends, deploy, start and
+// delete_run touch nothing outside the workspace.
+func FuzzAdminPathsStayInWorkspace(f *testing.F) {
+	for _, s := range [][2]string{{"1", "app"}, {"/../../victim", "app"}, {"../x", "../x"}, {"-1", "a/b"}, {"007", "app\n"},
+		{"1/../..", ".."}, {strings.Repeat("9", 19), "x"}, {"１", "app"}, {"0", `a\b`}} {
+		f.Add(s[0], s[1])
+	}
+	app := zipPT(f, "config/config_fed_client.json", "{}")
+	f.Fuzz(func(t *testing.T, run, name string) {
+		ws, keep := plantVictim(t)
+		parent := filepath.Dir(ws)
+		c := &Client{Name: "site-1"}
+		h := AdminHandler{Workspace: ws, Start: func(string) (map[string]Executor, error) { return map[string]Executor{}, nil }}
+		st := &adminState{run: -1, workDone: make(chan workResult, 1)}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		for _, m := range []*admin.Message{newAdminMessage(TopicSetRunNumber, run, nil), newAdminMessage(TopicDeploy, run, app, "app_name", name),
+			newAdminMessage(TopicStart, run, nil), newAdminMessage(TopicCheckStatus, run, nil), newAdminMessage(TopicDeleteRun, run, nil)} {
+			c.handleAdmin(ctx, m, st, h)
+		}
+		if _, err := os.Stat(keep); err != nil {
+			t.Fatalf("run %q app %q removed %s", run, name, keep)
+		}
+		entries, _ := os.ReadDir(parent)
+		if len(entries) != 2 {
+			t.Fatalf("run %q app %q wrote beside the workspace: %v", run, name, entries)
+		}
+		if entries, _ := os.ReadDir(filepath.Dir(keep)); len(entries) != 1 {
+			t.Fatalf("run %q app %q wrote into victim: %v", run, name, entries)
+		}
+	})
+}
