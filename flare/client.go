@@ -255,7 +255,7 @@ func (c *Client) retry(ctx context.Context, what string, f func() error) error {
 	start := time.Now()
 	backoff := 200 * time.Millisecond
 	for {
-		err := f()
+		err := c.call(what, f)
 		if err == nil {
 			c.serverAnswered(what)
 			return nil
@@ -278,6 +278,25 @@ func (c *Client) retry(ctx context.Context, what string, f func() error) error {
 		}
 		backoff = min(2*backoff, 5*time.Second)
 	}
+}
+
+// slowAnswer is how long a request may wait for its answer before the
+// client says it is still waiting (it does not give up: a big model may
+// take longer on a slow link).
+var slowAnswer = 15 * time.Second
+
+// call runs one request, saying so if its answer is slow to come: a
+// server that takes requests and does not answer is otherwise silent.
+func (c *Client) call(what string, f func() error) error {
+	start, after := time.Now(), slowAnswer
+	t := time.AfterFunc(after, func() {
+		c.logf("client %s: %s: no answer from the server at %s after %s; still waiting", c.Name, what, c.Target, after)
+	})
+	err := f()
+	if !t.Stop() {
+		c.logf("client %s: %s: the server at %s answered after %s", c.Name, what, c.Target, time.Since(start).Round(time.Millisecond))
+	}
+	return err
 }
 
 // waitStopped is the error of a client stopped while it waited for the

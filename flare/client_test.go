@@ -771,3 +771,39 @@ func FuzzAdminPathsStayInWorkspace(f *testing.F) {
 		}
 	})
 }
+
+// slowRegister answers Register only after a while.
+type slowRegister struct {
+	*fakeServer
+	delay time.Duration
+}
+
+func (s slowRegister) Register(ctx context.Context, req *fedlearn.ClientLogin) (*fedlearn.FederatedSummary, error) {
+	time.Sleep(s.delay)
+	return s.fakeServer.Register(ctx, req)
+}
+
+// A server that takes a request and is slow to answer is not met with
+// silence: the client says it still waits, and when the answer came.
+func TestClientLogsSlowAnswer(t *testing.T) {
+	defer func(d time.Duration) { slowAnswer = d }(slowAnswer)
+	slowAnswer = 100 * time.Millisecond
+	f := &fakeServer{t: t, run: 1}
+	lis := listen(t)
+	gs := grpc.NewServer()
+	fedlearn.RegisterFederatedTrainingServer(gs, slowRegister{f, 500 * time.Millisecond})
+	go gs.Serve(lis)
+	defer gs.Stop()
+	logs := &logLines{t: t}
+	c := &Client{Name: "site-1", Target: lis.Addr().String(), Logf: logs.logf}
+	if err := c.connect(); err != nil {
+		t.Fatal(err)
+	}
+	defer c.conn.Close()
+	if err := c.register(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if logs.count("register: no answer from the server at "+c.Target+" after 100ms; still waiting") != 1 || logs.count("register: the server at "+c.Target+" answered after") != 1 {
+		t.Fatal("the slow answer was not reported")
+	}
+}
