@@ -343,7 +343,10 @@ func (c *Client) pollAdmin(ctx context.Context, h AdminHandler) error {
 			msgs, err = ac.Retrieve(ctx, &admin.Client{ClientName: tok})
 			return err
 		})
-		if status.Code(err) == codes.Unauthenticated && refused < maxReRegister {
+		if status.Code(err) == codes.Unauthenticated {
+			if refused == maxReRegister {
+				return fmt.Errorf("client %s: the server at %s refuses the token of each new registration: %w", c.Name, c.Target, err)
+			}
 			refused++
 			if err := c.reRegister(ctx, tok, "the server does not know this client (restarted?)"); err != nil {
 				return err

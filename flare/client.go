@@ -299,9 +299,16 @@ func (c *Client) call(what string, f func() error) error {
 	return err
 }
 
-// waitStopped is the error of a client stopped while it waited for the
-// server (to register, for a task, ...).
+// waitStopped is the error of a client stopped during a request: it says
+// if the client was waiting for a server that did not answer (to
+// register, for a task, ...).
 func (c *Client) waitStopped(ctx context.Context, what string) error {
+	c.mu.Lock()
+	waiting := !c.down.since.IsZero()
+	c.mu.Unlock()
+	if !waiting {
+		return &stoppedError{fmt.Sprintf("client %s stopped (%s)", c.Name, stopReason(ctx)), ctx.Err()}
+	}
 	return &stoppedError{fmt.Sprintf("client %s stopped (%s) while waiting for the server at %s (%s)", c.Name, stopReason(ctx), c.Target, what), ctx.Err()}
 }
 
@@ -422,7 +429,10 @@ func (c *Client) getTask(ctx context.Context) (*fedlearn.CurrentTask, error) {
 			task, err = c.fl.GetTask(ctx, c.stateFor(tok))
 			return err
 		})
-		if status.Code(err) == codes.Unauthenticated && refused < maxReRegister {
+		if status.Code(err) == codes.Unauthenticated {
+			if refused == maxReRegister {
+				return nil, fmt.Errorf("client %s: the server at %s refuses the token of each new registration: %w", c.Name, c.Target, err)
+			}
 			if err := c.reRegister(ctx, tok, "the server does not know this client (restarted?)"); err != nil {
 				return nil, err
 			}

@@ -807,3 +807,31 @@ func TestClientLogsSlowAnswer(t *testing.T) {
 		t.Fatal("the slow answer was not reported")
 	}
 }
+
+// forgetful refuses every token it gave.
+type forgetful struct{ *fakeServer }
+
+func (forgetful) Retrieve(ctx context.Context, req *admin.Client) (*admin.Messages, error) {
+	return nil, status.Error(codes.Unauthenticated, "unknown token")
+}
+
+// A server that refuses every new registration's token is not asked
+// again and again without end.
+func TestClientGivesUpOnServerForgettingEveryToken(t *testing.T) {
+	f := &fakeServer{t: t, run: 1}
+	lis := listen(t)
+	gs := grpc.NewServer()
+	fedlearn.RegisterFederatedTrainingServer(gs, f)
+	admin.RegisterAdminCommunicatingServer(gs, forgetful{f})
+	go gs.Serve(lis)
+	defer gs.Stop()
+	logs := &logLines{t: t}
+	c := &Client{Name: "site-1", Target: lis.Addr().String(), Logf: logs.logf}
+	err := c.RunAdmin(context.Background(), AdminHandler{Workspace: t.TempDir()})
+	if err == nil || !strings.Contains(err.Error(), "refuses the token of each new registration") {
+		t.Fatalf("error %v", err)
+	}
+	if n := logs.count("client site-1: registered"); n != 1+maxReRegister {
+		t.Fatalf("registered %d times", n)
+	}
+}
