@@ -138,6 +138,9 @@ func (c *Client) stopped(ctx context.Context, err error) error {
 	if err == nil || ctx.Err() == nil || errors.As(err, &se) {
 		return err
 	}
+	if code := status.Code(err); !errors.Is(err, ctx.Err()) && code != codes.Canceled && code != codes.DeadlineExceeded {
+		return err // failed for its own reason
+	}
 	return &stoppedError{fmt.Sprintf("client %s stopped (%s)", c.Name, stopReason(ctx)), ctx.Err()}
 }
 
