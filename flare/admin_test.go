@@ -22,7 +22,7 @@ func TestAdminRepliesMatchNVFlare(t *testing.T) {
 	ws := t.TempDir()
 	c := &Client{Name: "site-1"}
 	h := AdminHandler{Workspace: ws, Start: func(dir string) (map[string]Executor, error) { return map[string]Executor{}, nil }}
-	st := &adminState{run: "1", workDone: make(chan error, 1)}
+	st := &adminState{run: -1, workDone: make(chan workResult, 1)}
 	for _, pair := range [][2]string{{"0007_Retrieve_resp.bin", "0009_SendReply_req.bin"}, {"0011_Retrieve_resp.bin", "0013_SendReply_req.bin"},
 		{"0016_Retrieve_resp.bin", "0017_SendReply_req.bin"}, {"0226_Retrieve_resp.bin", "0233_SendReply_req.bin"}} {
 		var msgs admin.Messages
@@ -148,7 +148,7 @@ func TestDeployAndStartThroughAdminChannel(t *testing.T) {
 	}
 }
 
-func zipPT(t *testing.T, name, content string) []byte {
+func zipPT(t testing.TB, name, content string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	zw := zip.NewWriter(&buf)

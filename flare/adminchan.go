@@ -15,6 +15,11 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/flarego/flarego/proto/admin"
 )
@@ -34,8 +39,12 @@ const (
 	TopicAux          = "__aux_command__"
 )
 
-// maxAppBytes bounds a deployed app (configs and encrypted model code).
-const maxAppBytes = 256 << 20
+// maxAppBytes and maxAppFiles bound a deployed app (configs and encrypted
+// model code), so that a server can not fill the client's disk or inodes.
+const (
+	maxAppBytes = 256 << 20
+	maxAppFiles = 10000
+)
 
 // ZipApp packs an app folder (config/, custom/) as NVFlare deploys it.
 func ZipApp(dir string) ([]byte, error) { return ZipFolder(dir, "") }
@@ -78,23 +87,30 @@ func ZipFolder(dir, prefix string) ([]byte, error) {
 }
 
 // UnzipApp unpacks a deployed app into dir, refusing absolute paths, "..",
-// links and more than maxAppBytes.
+// links (so no later entry can be written through one), more than
+// maxAppFiles entries and more than maxAppBytes.
 func UnzipApp(data []byte, dir string) error {
 	zr, err := zip.NewReader(bytes.NewReader(data), int64(len(data)))
 	if err != nil {
 		return fmt.Errorf("deployed app: %w", err)
 	}
+	if len(zr.File) > maxAppFiles {
+		return fmt.Errorf("deployed app: %d entries, more than %d", len(zr.File), maxAppFiles)
+	}
 	var total int64
 	for _, f := range zr.File {
 		name := filepath.FromSlash(f.Name)
 		if filepath.IsAbs(name) || strings.HasPrefix(filepath.Clean(name), "..") || !filepath.IsLocal(name) {
-			return fmt.Errorf("deployed app: entry %q leaves the app folder", f.Name)
+			return fmt.Errorf("deployed app: entry %q leaves the app folder", logCut(f.Name))
 		}
 		if f.FileInfo().IsDir() {
 			continue
 		}
 		if !f.Mode().IsRegular() {
-			return fmt.Errorf("deployed app: entry %q is not a regular file", f.Name)
+			return fmt.Errorf("deployed app: entry %q is not a regular file", logCut(f.Name))
+		}
+		if f.UncompressedSize64 > maxAppBytes { // would wrap total
+			return fmt.Errorf("deployed app: entry %q larger than %d bytes", logCut(f.Name), maxAppBytes)
 		}
 		total += int64(f.UncompressedSize64)
 		if total > maxAppBytes {
@@ -298,43 +314,66 @@ type AdminHandler struct {
 // RunAdmin works like NVFlare 2.0's client: it registers, polls the admin
 // channel about once a second, accepts the run number, the app and the
 // start request, and runs the tasks until the run ends; then it waits for
-// the next app, until the server says shutdown.
+// the next app, until the server says shutdown. A server that no longer
+// knows the client (it restarted) gets a new registration.
 func (c *Client) RunAdmin(ctx context.Context, h AdminHandler) error {
+	if err := checkPathName("client name", c.Name); err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
 	if err := c.connect(); err != nil {
 		return err
 	}
 	defer c.conn.Close()
-	ac := admin.NewAdminCommunicatingClient(c.conn)
 	if err := c.register(ctx); err != nil {
-		return err
+		return c.stopped(ctx, err)
 	}
+	return c.stopped(ctx, c.pollAdmin(ctx, h))
+}
+
+func (c *Client) pollAdmin(ctx context.Context, h AdminHandler) error {
+	ac := admin.NewAdminCommunicatingClient(c.conn)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st := &adminState{run: "1", workDone: make(chan error, 1)}
-	for {
+	st := &adminState{run: -1, workDone: make(chan workResult, 1)}
+	for refused := 0; ; {
 		var msgs *admin.Messages
+		tok := c.currentToken()
 		err := c.retry(ctx, "admin poll", func() error {
 			var err error
-			msgs, err = ac.Retrieve(ctx, &admin.Client{ClientName: c.currentToken()})
+			msgs, err = ac.Retrieve(ctx, &admin.Client{ClientName: tok})
 			return err
 		})
+		if status.Code(err) == codes.Unauthenticated {
+			if refused == maxReRegister {
+				return fmt.Errorf("client %s: the server at %s refuses the token of each new registration: %w", c.Name, c.Target, err)
+			}
+			refused++
+			if err := c.reRegister(ctx, tok, "the server does not know this client (restarted?)"); err != nil {
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}
+		refused = 0
 		for _, m := range msgs.GetMessage() {
 			bodyType, body, stop, err := c.handleAdmin(ctx, m, st, h)
 			if err != nil {
-				c.logf("client %s: admin %s: %v", c.Name, m.Topic, err)
+				c.logf("client %s: admin %s: %v", c.Name, strconv.Quote(logCut(m.Topic)), err)
 				bodyType, body = "str", []byte("ERROR: "+err.Error())
 			}
-			ac.SendReply(ctx, &admin.Reply{ClientName: c.currentToken(), Message: &admin.Message{Id: newUUID(), Topic: "reply_" + m.Topic,
+			_, err = ac.SendReply(ctx, &admin.Reply{ClientName: tok, Message: &admin.Message{Id: newUUID(), Topic: "reply_" + m.Topic,
 				BodyType: bodyType, Body: body, Headers: map[string]string{"_refMsgId": m.Id}}})
+			if err != nil && ctx.Err() == nil {
+				c.logf("client %s: reply to admin %s not delivered: %s", c.Name, strconv.Quote(logCut(m.Topic)), status.Convert(err).Message())
+			}
 			if stop {
 				return nil
 			}
 		}
 		select {
-		case err := <-st.workDone:
+		case r := <-st.workDone:
 			// Like NVFlare's client, stay for the next deploy and start
 			// until the server says shutdown.
 			st.started, st.ran = false, true
@@ -342,11 +381,13 @@ func (c *Client) RunAdmin(ctx context.Context, h AdminHandler) error {
 			case st.aborted:
 				st.aborted = false
 				c.logf("client %s: app aborted", c.Name)
-			case err != nil:
-				st.lastErr = err
-				c.logf("client %s: run %s failed: %v", c.Name, st.run, err)
+			case r.err != nil:
+				st.lastErr = r.err
+				c.logf("client %s: run %d failed: %v", c.Name, st.runStarted, r.err)
+			case r.tasks == 0:
+				c.logf("client %s: run %d ended without a task for this client; waiting for the next app", c.Name, st.runStarted)
 			default:
-				c.logf("client %s: run %s done; waiting for the next app", c.Name, st.run)
+				c.logf("client %s: run %d done; waiting for the next app", c.Name, st.runStarted)
 			}
 		case <-ctx.Done():
 			return ctx.Err()
@@ -355,31 +396,95 @@ func (c *Client) RunAdmin(ctx context.Context, h AdminHandler) error {
 	}
 }
 
+// workResult is how a started app's work ended.
+type workResult struct {
+	tasks int
+	err   error
+}
+
 // adminState is what the admin channel has set up so far.
 type adminState struct {
-	run, appDir string
-	started     bool
-	aborted     bool
-	stopWork    context.CancelFunc
-	workDone    chan error
-	lastErr     error
-	ran         bool // a run has ended since the last start
+	run        int64 // set by set_run_number and start; -1 before
+	runStarted int64 // the run of the app started last
+	started    bool
+	aborted    bool
+	stopWork   context.CancelFunc
+	workDone   chan workResult
+	lastErr    error
+	ran        bool // a run has ended since the last start
+}
+
+// maxRunNumberDigits keeps a run number an int64 (and its folder name short).
+const maxRunNumberDigits = 18
+
+// parseRunNumber reads a run number as the server sends it: a
+// non-negative decimal integer and nothing else. It becomes a folder name
+// (WORKSPACE/run_N), so "../x", "-1", "+1", " 1" or "1e3" are refused.
+func parseRunNumber(s string) (int64, error) {
+	if s == "" || len(s) > maxRunNumberDigits || strings.Trim(s, "0123456789") != "" {
+		return 0, fmt.Errorf("run number %s is not a non-negative decimal integer of at most %d digits", strconv.Quote(logCut(s)), maxRunNumberDigits)
+	}
+	return strconv.ParseInt(s, 10, 64)
+}
+
+// runOf is the run number a request names in its run_number header
+// (NVFlare's deploy, start and delete_run act on that run), else the one
+// set last.
+func runOf(m *admin.Message, st *adminState) (int64, error) {
+	if r, ok := m.Headers["run_number"]; ok {
+		return parseRunNumber(r)
+	}
+	if st.run < 0 {
+		return 0, errors.New("no run number set")
+	}
+	return st.run, nil
+}
+
+// maxNameBytes bounds a name the server sends that becomes part of a path
+// or a file (an app name).
+const maxNameBytes = 255
+
+// checkPathName accepts a name that is to be one path element: no
+// separators, no "..", no control characters, not empty or overlong.
+func checkPathName(what, name string) error {
+	ok := name != "" && len(name) <= maxNameBytes && name != "." && name != ".." &&
+		!strings.ContainsAny(name, `/\:`) && filepath.IsLocal(name) && utf8.ValidString(name)
+	for _, r := range name {
+		ok = ok && !unicode.IsControl(r)
+	}
+	if !ok {
+		return fmt.Errorf("bad %s %s", what, strconv.Quote(logCut(name)))
+	}
+	return nil
+}
+
+// runDir is the folder of run n in the workspace.
+func runDir(ws string, n int64) string {
+	return filepath.Join(ws, "run_"+strconv.FormatInt(n, 10))
 }
 
 func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, st *adminState, h AdminHandler) (string, []byte, bool, error) {
-	run, appDir, started := &st.run, &st.appDir, &st.started
 	switch m.Topic {
 	case TopicSetRunNumber:
-		if r := m.Headers["run_number"]; r != "" {
-			*run = r
+		n, err := parseRunNumber(m.Headers["run_number"])
+		if err != nil {
+			return "", nil, false, err
 		}
+		st.run = n
 		return "str", []byte("OK"), false, nil
 	case TopicDeploy:
 		name := m.Headers["app_name"]
-		if name == "" || strings.ContainsAny(name, `/\`) || name == ".." {
-			return "", nil, false, fmt.Errorf("bad app name %q", name)
+		if err := checkPathName("app name", name); err != nil {
+			return "", nil, false, err
 		}
-		dir := filepath.Join(h.Workspace, "run_"+*run, "app_"+c.Name)
+		n, err := runOf(m, st)
+		if err != nil {
+			return "", nil, false, err
+		}
+		if st.started && n == st.runStarted {
+			return "", nil, false, fmt.Errorf("run %d is running: its app can not be replaced", n)
+		}
+		dir := filepath.Join(runDir(h.Workspace, n), "app_"+c.Name)
 		if err := os.RemoveAll(dir); err != nil {
 			return "", nil, false, err
 		}
@@ -389,47 +494,62 @@ func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, st *adminSta
 		if err := os.WriteFile(filepath.Join(filepath.Dir(dir), "fl_app.txt"), []byte(name), 0o600); err != nil {
 			return "", nil, false, err
 		}
-		*appDir = dir
 		c.logf("client %s: deployed app %s to %s", c.Name, name, dir)
 		return "str", []byte("OK"), false, nil
 	case TopicStart:
-		if *appDir == "" {
-			return "", nil, false, errors.New("no app deployed")
-		}
-		if *started {
+		if st.started {
 			return "str", []byte("Client app already started"), false, nil
 		}
-		tasks, err := h.Start(*appDir)
+		n, err := runOf(m, st)
+		if err != nil {
+			return "", nil, false, err
+		}
+		dir := filepath.Join(runDir(h.Workspace, n), "app_"+c.Name)
+		if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+			return "", nil, false, fmt.Errorf("no app deployed for run %d", n)
+		}
+		tasks, err := h.Start(dir)
 		if err != nil {
 			return "", nil, false, err
 		}
 		c.Tasks = tasks
-		*started, st.lastErr, st.ran = true, nil, false
+		// NVFlare's client runs the app in the run the start names, and
+		// its server refuses task requests from any other run.
+		st.run, st.runStarted = n, n
+		c.setRun(n)
+		st.started, st.lastErr, st.ran = true, nil, false
 		workCtx, stop := context.WithCancel(ctx)
 		st.stopWork = stop
-		go func() { st.workDone <- c.work(workCtx) }()
+		go func() {
+			tasks, err := c.workTasks(workCtx)
+			st.workDone <- workResult{tasks, err}
+		}()
+		c.logf("client %s: started run %d", c.Name, n)
 		return "str", []byte("Start the client app..."), false, nil
 	case TopicCheckStatus:
 		// NVFlare's server reads a JSON object (ClientStatusKey).
 		// NVFlare's client status words; the app is the run's fl_app.txt.
 		status := "not started"
 		switch {
-		case *started:
+		case st.started:
 			status = "started"
 		case st.lastErr != nil:
 			status = "exception"
 		case st.ran:
 			status = "stopped"
 		}
-		app := "?"
-		if b, err := os.ReadFile(filepath.Join(h.Workspace, "run_"+*run, "fl_app.txt")); err == nil {
-			app = strings.TrimSpace(string(b))
+		app, run := "?", "?"
+		if st.run >= 0 {
+			run = strconv.FormatInt(st.run, 10)
+			if b, err := os.ReadFile(filepath.Join(runDir(h.Workspace, st.run), "fl_app.txt")); err == nil {
+				app = strings.TrimSpace(string(b))
+			}
 		}
-		b, err := json.Marshal(map[string]string{"app_name": app, "run_number": *run, "status": status})
+		b, err := json.Marshal(map[string]string{"app_name": app, "run_number": run, "status": status})
 		return "str", b, false, err
 	case TopicAbort:
 		// Stop the app; the client stays, ready for the next deploy/start.
-		if st.stopWork != nil && *started {
+		if st.stopWork != nil && st.started {
 			st.aborted = true
 			st.stopWork()
 		}
@@ -440,24 +560,20 @@ func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, st *adminSta
 		}
 		return "str", []byte("Shutdown the client..."), true, nil
 	case TopicAbortTask:
-		if !*started || !c.abortTask() {
+		if !st.started || !c.abortTask() {
 			return "str", []byte("No task is running."), false, nil
 		}
 		return "str", []byte("OK"), false, nil
 	case TopicDeleteRun:
-		n, err := strconv.Atoi(m.Headers["run_number"])
-		if err != nil || n <= 0 {
-			return "", nil, false, fmt.Errorf("bad run number %q", m.Headers["run_number"])
-		}
-		num := strconv.Itoa(n)
-		if *started && num == *run {
-			return "str", []byte("Current running run_number can not be deleted."), false, nil
-		}
-		if err := os.RemoveAll(filepath.Join(h.Workspace, "run_"+num)); err != nil {
+		n, err := parseRunNumber(m.Headers["run_number"])
+		if err != nil {
 			return "", nil, false, err
 		}
-		if num == *run {
-			*appDir = ""
+		if st.started && n == st.runStarted {
+			return "str", []byte("Current running run_number can not be deleted."), false, nil
+		}
+		if err := os.RemoveAll(runDir(h.Workspace, n)); err != nil {
+			return "", nil, false, err
 		}
 		return "str", []byte("OK"), false, nil
 	case TopicSysInfo:
@@ -472,7 +588,7 @@ func (c *Client) handleAdmin(ctx context.Context, m *admin.Message, st *adminSta
 		b, err := EncodeShareable(reply)
 		return "bytes", b, false, err
 	}
-	return "str", []byte("unknown topic " + m.Topic), false, nil
+	return "str", []byte("unknown topic " + strconv.Quote(logCut(m.Topic))), false, nil
 }
 
 // sysInfo is what NVFlare's sys.info reply holds (psutil.virtual_memory()),

@@ -47,26 +47,47 @@ const maxLogBytes = 200
 // non-printable characters (newlines above all, which would forge log
 // lines) are escaped as Go does in quoted strings, and anything past
 // maxLogBytes is cut, saying how long the whole was.
-func LogSafe(s string) string {
+func LogSafe(s string) string { return escapeCut(s, maxLogBytes) }
+
+// escapeCut is LogSafe with its own bound: the result, the note of what
+// was cut included, is at most max bytes (max ≥ 32).
+func escapeCut(s string, max int) string {
+	const room = len("...(18446744073709551615 bytes)")
 	var b strings.Builder
 	for i, r := range s {
-		if b.Len() >= maxLogBytes {
+		var part string
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			part = fmt.Sprintf(`\x%02x`, s[i])
+		case r == '\\':
+			part = `\\`
+		case strconv.IsPrint(r):
+			part = string(r)
+		default:
+			q := strconv.QuoteRune(r)
+			part = q[1 : len(q)-1]
+		}
+		if b.Len()+len(part) > max-room {
 			fmt.Fprintf(&b, "...(%d bytes)", len(s))
 			break
 		}
-		switch {
-		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
-			fmt.Fprintf(&b, `\x%02x`, s[i])
-		case r == '\\':
-			b.WriteString(`\\`)
-		case strconv.IsPrint(r):
-			b.WriteRune(r)
-		default:
-			q := strconv.QuoteRune(r)
-			b.WriteString(q[1 : len(q)-1])
-		}
+		b.WriteString(part)
 	}
 	return b.String()
+}
+
+// logCut shortens a peer's string before it is quoted (%q, which escapes)
+// into a message.
+func logCut(s string) string {
+	const n = 64
+	if len(s) <= n {
+		return s
+	}
+	i := n
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "…"
 }
 
 // logSafeErr is LogSafe for an error, whose text may quote peer input.
