@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding/gzip"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/flarego/flarego/proto/fedlearn"
@@ -158,7 +159,7 @@ func (c *Client) connect() error {
 	if c.Gzip {
 		callOpts = append(callOpts, grpc.UseCompressor(gzip.Name))
 	}
-	opts = append(opts, grpc.WithDefaultCallOptions(callOpts...))
+	opts = append(opts, grpc.WithDefaultCallOptions(callOpts...), grpc.WithChainUnaryInterceptor(c.sendToken))
 	conn, err := grpc.NewClient(c.Target, opts...)
 	if err != nil {
 		return fmt.Errorf("client %s: %w", c.Name, err)
@@ -168,6 +169,17 @@ func (c *Client) connect() error {
 		c.GiveUp = 5 * time.Minute
 	}
 	return nil
+}
+
+// sendToken puts the client's token in every call's metadata, as
+// NVFlare's secure-mode client does: the server's gate checks it before a
+// call takes a slot, so a registered client never queues behind calls
+// that carry none.
+func (c *Client) sendToken(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if tok := c.currentToken(); tok != "" && method != registerMethod {
+		ctx = metadata.AppendToOutgoingContext(ctx, tokenHeader, tok)
+	}
+	return invoker(ctx, method, req, reply, cc, opts...)
 }
 
 // work runs tasks until the run ends.

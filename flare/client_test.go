@@ -18,6 +18,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	protobuf "google.golang.org/protobuf/proto"
 
@@ -833,5 +834,32 @@ func TestClientGivesUpOnServerForgettingEveryToken(t *testing.T) {
 	}
 	if n := logs.count("client site-1: registered"); n != 1+maxReRegister {
 		t.Fatalf("registered %d times", n)
+	}
+}
+
+// Every call after Register carries the client's token in its metadata (as
+// NVFlare's secure-mode client sends it), so the server's gate counts a
+// registered client as one before its call takes a slot.
+func TestClientSendsTokenInMetadata(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]int{} // method → calls whose metadata token the server knows
+	var srv *Server
+	record := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		md, _ := metadata.FromIncomingContext(ctx)
+		if tok := metadataToken(md); tok != "" && srv.knownToken(tok) {
+			mu.Lock()
+			seen[info.FullMethod]++
+			mu.Unlock()
+		}
+		return handler(ctx, req)
+	}
+	srv, _ = newTestServer(t, testServerConfig(1, 1, 0), &memPersistor{init: initModel()})
+	srv.ServerOptions = append(srv.ServerOptions, grpc.ChainUnaryInterceptor(record))
+	addr, done := serveOn(t, srv)
+	runToEnd(t, done, &Client{Name: "site-1", Target: addr, Tasks: map[string]Executor{"train": addExecutor{delta: 1, steps: 1}}, Logf: t.Logf})
+	mu.Lock()
+	defer mu.Unlock()
+	if seen[getTaskMethod] == 0 || seen[submitMethod] == 0 {
+		t.Fatalf("calls with a known metadata token: %v", seen)
 	}
 }
