@@ -35,7 +35,10 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecrypt$$' -fuzztime $(FUZZTIME) ./persistor
 	$(GO) test -run '^$$' -fuzz '^FuzzUnpickle$$' -fuzztime $(FUZZTIME) ./persistor/pickle
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeShareable$$' -fuzztime $(FUZZTIME) ./flare
+	$(GO) test -run '^$$' -fuzz '^FuzzRequestCodec$$' -fuzztime $(FUZZTIME) ./flare
+	$(GO) test -run '^$$' -fuzz '^FuzzAdminPathsStayInWorkspace$$' -fuzztime $(FUZZTIME) ./flare
 	$(GO) test -run '^$$' -fuzz '^FuzzReadRequest$$' -fuzztime $(FUZZTIME) ./flare/hci
+	$(GO) test -run '^$$' -fuzz '^FuzzSpec$$' -fuzztime $(FUZZTIME) ./model
 
 # Installs the Python peers with apt when they are missing.
 python-peers:
