@@ -80,7 +80,7 @@ func loginFrom(t *testing.T, from, addr, user, pwd string) (text, tok string) {
 func limitServer(t *testing.T, s *Server) (*Server, string) {
 	t.Helper()
 	h, _ := HashPassword("admin")
-	s.Commands, s.Users = testCommands(), map[string]string{"admin": h}
+	s.Commands, s.Users = append(s.Commands, testCommands()...), map[string]string{"admin": h}
 	return s, serve(t, s)
 }
 
@@ -154,8 +154,8 @@ func replyTextOf(items []Item) string {
 // refusal.
 func TestPreLoginConnectionFloodBounded(t *testing.T) {
 	block := make(chan struct{})
-	s, addr := limitServer(t, &Server{MaxUnauthConns: 4, MaxConns: 6, LoginTimeout: 2 * time.Second})
-	s.Commands = append(s.Commands, Command{Name: "block", Handler: func(c *Conn) { <-block }})
+	s, addr := limitServer(t, &Server{MaxUnauthConns: 4, MaxConns: 6, LoginTimeout: 2 * time.Second,
+		Commands: []Command{{Name: "block", Handler: func(c *Conn) { <-block }}}})
 	var silent []net.Conn
 	for i := 0; i < 50; i++ {
 		silent = append(silent, dialFrom(t, "", addr))

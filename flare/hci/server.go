@@ -175,6 +175,9 @@ type Server struct {
 	quiet    logBudget
 }
 
+// maxSessions bounds the live sessions.
+const maxSessions = 1024
+
 type session struct {
 	user string
 	addr string // where the login came from
@@ -723,6 +726,17 @@ func (s *Server) newSession(c *Conn, user string) {
 	s.mu.Lock()
 	if s.sessions == nil {
 		s.sessions = map[string]*session{}
+	}
+	if len(s.sessions) >= maxSessions {
+		// Logins that never log out (scripts) must not grow the table:
+		// the session idle longest goes.
+		var oldest string
+		for t, ss := range s.sessions {
+			if oldest == "" || ss.last.Before(s.sessions[oldest].last) {
+				oldest = t
+			}
+		}
+		delete(s.sessions, oldest)
 	}
 	s.sessions[tok] = &session{user: user, addr: c.addr, last: time.Now()}
 	s.mu.Unlock()
