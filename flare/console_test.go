@@ -4,6 +4,7 @@ import (
 	"archive/zip"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"io"
@@ -43,7 +44,9 @@ func startConsole(t *testing.T, p *memPersistor, wait float64) (*Server, string,
 	go console.Serve(alis)
 	t.Cleanup(func() { console.Close() })
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(context.Background(), lis) }()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel) // tests that do not shut the server down
+	go func() { done <- srv.Serve(ctx, lis) }()
 	cl := &hci.Client{Addr: alis.Addr().String(), Timeout: 30 * time.Second}
 	if err := cl.Login("admin", "admin"); err != nil {
 		t.Fatal(err)
@@ -99,6 +102,11 @@ func TestConsoleRefusesBadUploads(t *testing.T) {
 		do(t, cl, hci.JoinArgs([]string{"_upload_folder", c.name, c.data}), true, c.want)
 	}
 	do(t, cl, hci.JoinArgs([]string{"file_transfer._upload_folder", "app", appZip(t, good)}), false, "Created folder")
+	// An app past the login limit (16 KiB) travels from the address that
+	// logged in.
+	big := make([]byte, 96<<10)
+	rand.Read(big)
+	do(t, cl, hci.JoinArgs([]string{"_upload_folder", "big", appZip(t, map[string]string{"big/config/config_fed_server.json": "{}", "big/custom/w.bin": string(big)})}), false, "Created folder")
 	do(t, cl, "set_run_number 1", false, "run_1")
 	// "." used to deploy the whole staging area.
 	do(t, cl, "deploy_app . server", true, "bad app name")
