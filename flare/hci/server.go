@@ -390,7 +390,7 @@ func (s *Server) Close() error {
 func (s *Server) serveConn(t *tracked) {
 	nc := t.nc
 	defer s.release(t)
-	defer nc.Close()
+	defer func() { nc.Close() }() // the TLS connection once there is one
 	c := &Conn{addr: addrKey(nc.RemoteAddr())}
 	loginBy := t.start.Add(orDefault(s.LoginTimeout, DefaultLoginTimeout))
 	nc.SetDeadline(loginBy)
@@ -667,19 +667,23 @@ func (s *Server) login(c *Conn) {
 		if global {
 			c.Error("too many failed logins on this console; try again in %v", wait)
 		} else {
-			c.Error("too many failed logins for %s from %s; try again in %v", user, c.addr, wait)
+			c.Error("too many failed logins for %s from %s; try again in %v", logSafe(user, 80), c.addr, wait)
 		}
 		return
 	}
 	// A bounded number of checks run at once; a stranger waits at most
 	// until its login deadline.
-	wait := time.NewTimer(time.Until(c.loginBy))
-	defer wait.Stop()
 	select {
 	case s.checks <- struct{}{}:
-	case <-wait.C:
-		c.Error("the console is busy checking logins; try again")
-		return
+	default:
+		wait := time.NewTimer(time.Until(c.loginBy))
+		defer wait.Stop()
+		select {
+		case s.checks <- struct{}{}:
+		case <-wait.C:
+			c.Error("the console is busy checking logins; try again")
+			return
+		}
 	}
 	if !known {
 		hash = dummyHash() // the same work for a wrong name as for a wrong password
