@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/flarego/flarego/flare/hci"
 	"github.com/flarego/flarego/proto/admin"
@@ -88,8 +89,8 @@ func (s *Server) cmdUpload(c *hci.Conn) {
 		return
 	}
 	name := c.Args[1]
-	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, `/\`) {
-		c.Error("bad app name %q", name)
+	if err := checkAppName(name); err != nil {
+		c.Error("%v", err)
 		return
 	}
 	data, err := base64.StdEncoding.DecodeString(c.Args[2])
@@ -129,6 +130,20 @@ func (s *Server) cmdUpload(c *hci.Conn) {
 	if plain := PlaintextCode(dst); len(plain) > 0 {
 		c.String("warning: app %s holds model code in plaintext, sent as is to every client: %s", name, strings.Join(plain, ", "))
 	}
+}
+
+// checkAppName refuses app names that are not one plain folder name of
+// the staging area: "." would deploy the whole area, and a control
+// character would go into log lines and the clients' fl_app.txt.
+func checkAppName(name string) error {
+	if len(name) > 255 || name == "." || !filepath.IsLocal(name) || strings.ContainsAny(name, `/\`) ||
+		strings.ContainsFunc(name, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		if len(name) > 80 {
+			return fmt.Errorf("bad app name (%d bytes)", len(name))
+		}
+		return fmt.Errorf("bad app name %q", name)
+	}
+	return nil
 }
 
 func (s *Server) cmdSetRunNumber(c *hci.Conn) {
@@ -308,11 +323,11 @@ func (s *Server) cmdDeploy(c *hci.Conn) {
 		return
 	}
 	name := c.Args[1]
-	src := filepath.Join(s.uploadDir(), name)
-	if strings.ContainsAny(name, `/\`) || name == ".." {
-		c.Error("bad app name %q", name)
+	if err := checkAppName(name); err != nil {
+		c.Error("%v", err)
 		return
 	}
+	src := filepath.Join(s.uploadDir(), name)
 	if st, err := os.Stat(src); err != nil || !st.IsDir() {
 		c.Error("App folder '%s' does not exist in staging area.", name)
 		return
@@ -348,7 +363,7 @@ func (s *Server) cmdDeploy(c *hci.Conn) {
 			return
 		}
 		if plain := PlaintextCode(src); len(plain) > 0 {
-			s.logf("warning: app %s sends model code in plaintext to every client: %s", name, strings.Join(plain, ", "))
+			s.logf("warning: app %q sends model code in plaintext to every client: %s", name, strings.Join(plain, ", "))
 		}
 		s.tableToClients(c, t.clients, newAdminMessage(TopicDeploy, strconv.Itoa(run), app, "app_name", name))
 	}

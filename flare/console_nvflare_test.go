@@ -121,6 +121,38 @@ func waitShutdown(t *testing.T, done, clientDone chan error) {
 	}
 }
 
+// waitRunEnded waits for the end of a run on every side: the server app
+// has stopped and no client still runs its app. The server stops first;
+// a command sent then (delete_run_number, start_app, check_status client)
+// would find a client still in the run.
+func waitRunEnded(t *testing.T, cl *hci.Client) {
+	t.Helper()
+	waitStopped(t, cl)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		r, err := cl.Do("check_status client")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var running []string
+		for _, it := range r.Items {
+			if it.Type != hci.TypeTable {
+				continue
+			}
+			for _, row := range it.Cells()[1:] {
+				if st := row[len(row)-1]; st == "started" || st == "No Reply" {
+					running = append(running, row[0]+" "+st)
+				}
+			}
+		}
+		if r.Err() == nil && len(running) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the clients did not end the run: %v %v", running, r.Err())
+		}
+	}
+}
+
 func waitStopped(t *testing.T, cl *hci.Client) {
 	t.Helper()
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
@@ -184,7 +216,7 @@ func TestConsoleServesNVFlareAdminAPIRequests(t *testing.T) {
 		case strings.HasPrefix(cmd, "file_transfer._upload_folder "):
 			checkUnzipped(t, cmd, filepath.Join(srv.uploadDir(), "pneumonia"))
 		case cmd == "start_app all":
-			waitStopped(t, cl)
+			waitRunEnded(t, cl)
 			if len(p.saved) != 1 {
 				t.Fatalf("the run saved %d models, want 1", len(p.saved))
 			}
@@ -246,7 +278,7 @@ func TestConsoleRepliesShapedLikeNVFlare(t *testing.T) {
 			oldTok = rt
 		}
 		if cmd == "check_status server" && i == 9 {
-			waitStopped(t, cl)
+			waitRunEnded(t, cl)
 		}
 		ours := replay(t, cl.Addr, raw, oldTok, tok)
 		theirs, err := hci.ReadReply(bytes.NewReader(hciFixture(t, "server-replies", fmt.Sprintf("%02d.resp", i+1))), 1<<20)

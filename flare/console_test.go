@@ -4,12 +4,18 @@ import (
 	"archive/zip"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,7 +44,9 @@ func startConsole(t *testing.T, p *memPersistor, wait float64) (*Server, string,
 	go console.Serve(alis)
 	t.Cleanup(func() { console.Close() })
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(context.Background(), lis) }()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel) // tests that do not shut the server down
+	go func() { done <- srv.Serve(ctx, lis) }()
 	cl := &hci.Client{Addr: alis.Addr().String(), Timeout: 30 * time.Second}
 	if err := cl.Login("admin", "admin"); err != nil {
 		t.Fatal(err)
@@ -84,6 +92,8 @@ func TestConsoleRefusesBadUploads(t *testing.T) {
 	for _, c := range []struct{ name, data, want string }{
 		{"../app", appZip(t, good), "bad app name"},
 		{"a/b", appZip(t, good), "bad app name"},
+		{".", appZip(t, good), "bad app name"},
+		{"app\nrun 1: app x finished", appZip(t, good), `bad app name "app\n`},
 		{"app", "!!!", "not base64"},
 		{"app", appZip(t, map[string]string{"app/../../evil": "x"}), "leaves the app folder"},
 		{"app", appZip(t, map[string]string{"other/config/x.json": "{}"}), "must hold exactly the folder app"},
@@ -92,6 +102,14 @@ func TestConsoleRefusesBadUploads(t *testing.T) {
 		do(t, cl, hci.JoinArgs([]string{"_upload_folder", c.name, c.data}), true, c.want)
 	}
 	do(t, cl, hci.JoinArgs([]string{"file_transfer._upload_folder", "app", appZip(t, good)}), false, "Created folder")
+	// An app past the login limit (16 KiB) travels from the address that
+	// logged in.
+	big := make([]byte, 96<<10)
+	rand.Read(big)
+	do(t, cl, hci.JoinArgs([]string{"_upload_folder", "big", appZip(t, map[string]string{"big/config/config_fed_server.json": "{}", "big/custom/w.bin": string(big)})}), false, "Created folder")
+	do(t, cl, "set_run_number 1", false, "run_1")
+	// "." used to deploy the whole staging area.
+	do(t, cl, "deploy_app . server", true, "bad app name")
 }
 
 // Commands out of order get NVFlare's errors; an aborted run leaves the
@@ -121,7 +139,7 @@ func TestConsoleOrderAbortAndNextRun(t *testing.T) {
 	do(t, cl, "set_run_number 2", true, "can not be changed during the FL app running")
 	do(t, cl, "deploy_app app server", true, "is running")
 	do(t, cl, "abort all", false, "Abort signal has been sent to the server app.")
-	waitStopped(t, cl)
+	waitRunEnded(t, cl)
 	if len(p.saved) != 0 {
 		t.Fatalf("the aborted run saved %d models", len(p.saved))
 	}
@@ -182,7 +200,7 @@ func TestConsoleAbortTaskDeleteRunSysInfo(t *testing.T) {
 	do(t, cl, "delete_run_number 1", true, "Current running run_number can not be deleted.")
 	do(t, cl, "abort_task site-9", true, "invalid client(s): site-9")
 	do(t, cl, "abort_task site-1 site-2", false, "site-2 OK")
-	waitStopped(t, cl)
+	waitRunEnded(t, cl)
 	do(t, cl, "check_status server", false, "2 client(s) failed the task")
 	if len(p.saved) != 0 {
 		t.Fatalf("a model was saved after every task was aborted")
@@ -209,4 +227,119 @@ func TestConsoleAbortTaskDeleteRunSysInfo(t *testing.T) {
 	do(t, cl, "sys_info bogus", false, "invalid target type bogus")
 	do(t, cl, "shutdown all", false, "FL app has been shutdown.")
 	waitShutdown(t, done, clientDone)
+}
+
+// A scripted attack on the console from 127.0.0.1, bounded in count and
+// time: 300 silent connections, 8 requests of 16 MiB before login, 8
+// uploads of 4 MiB with a forged token from the admin's own address, and
+// 300 wrong passwords. The logged-in admin's commands go on, a fresh
+// login from another address succeeds, and the heap stays within 64 MiB
+// of where it was: strangers hold at most 32 connections of at most
+// 16 KiB each, and one upload at a time is read.
+func TestConsoleScriptedAttack(t *testing.T) {
+	_, _, cl, _ := startConsole(t, &memPersistor{init: initModel()}, 0)
+	addr := cl.Addr
+	huge := append([]byte(`{"time": "t", "data": [{"type": "command", "data": "_login admin `), bytes.Repeat([]byte("A"), 16<<20)...)
+	upload := []byte(`{"time": "t", "data": [{"type": "command", "data": "file_transfer._upload_folder app ` +
+		strings.Repeat("B", 4<<20) + `"}, {"type": "token", "data": "forged"}]}` + "\x03\x04")
+	var base runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&base)
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	sampled := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		var m runtime.MemStats
+		for {
+			runtime.ReadMemStats(&m)
+			if m.HeapAlloc > peak.Load() {
+				peak.Store(m.HeapAlloc)
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+
+	send := func(raw []byte) {
+		nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		nc.SetDeadline(time.Now().Add(15 * time.Second))
+		go nc.Write(raw)
+		io.Copy(io.Discard, nc)
+	}
+	var wg sync.WaitGroup
+	var silent []net.Conn
+	var silentMu sync.Mutex
+	attack := func(n int, f func(i int)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var inner sync.WaitGroup
+			for i := 0; i < n; i++ {
+				inner.Add(1)
+				go func() { defer inner.Done(); f(i) }()
+				time.Sleep(2 * time.Millisecond)
+			}
+			inner.Wait()
+		}()
+	}
+	attack(300, func(int) {
+		if nc, err := net.DialTimeout("tcp", addr, 5*time.Second); err == nil {
+			silentMu.Lock()
+			silent = append(silent, nc)
+			silentMu.Unlock()
+		}
+	})
+	attack(8, func(int) { send(huge) })
+	attack(8, func(int) { send(upload) })
+	attack(300, func(i int) {
+		send([]byte(`{"time": "t", "data": [{"type": "command", "data": "_login admin guess` + strconv.Itoa(i) + `"}]}` + "\x03\x04"))
+	})
+
+	// The admin, during the attack.
+	start := time.Now()
+	do(t, cl, "check_status server", false, "Engine status: stopped")
+	if d := &(net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}); true {
+		if nc, err := d.Dial("tcp", addr); err != nil {
+			t.Logf("no second loopback address (%v): the fresh login is not tried", err)
+		} else {
+			nc.SetDeadline(time.Now().Add(10 * time.Second))
+			hci.WriteTransmission(nc, &hci.Message{Data: []hci.Item{hci.TextItem(hci.TypeCommand, "_login admin admin")}})
+			msgs, err := hci.ReadReply(nc, 1<<20)
+			nc.Close()
+			if err != nil || len(msgs) == 0 || !strings.Contains(replyText(msgs[0].Data), "string: OK") {
+				t.Errorf("a fresh login from 127.0.0.2 during the attack: %v %v", msgs, err)
+			}
+		}
+	}
+	wg.Wait()
+	do(t, cl, "check_status server", false, "Engine status: stopped")
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("the attack and the admin's commands took %v", d)
+	}
+	close(stop)
+	<-sampled
+	silentMu.Lock()
+	for _, nc := range silent {
+		nc.Close()
+	}
+	silentMu.Unlock()
+	if grown := int64(peak.Load()) - int64(base.HeapAlloc); grown > 64<<20 {
+		t.Errorf("the heap grew by %d MiB during the attack", grown>>20)
+	} else {
+		t.Logf("the heap grew by at most %.1f MiB during the attack", float64(grown)/(1<<20))
+	}
+	// The brute force was stopped: the right password from 127.0.0.1 is
+	// refused for now.
+	fresh := &hci.Client{Addr: addr, Timeout: 10 * time.Second}
+	if err := fresh.Login("admin", "admin"); err == nil || !strings.Contains(err.Error(), "too many failed logins") {
+		t.Errorf("login from the attacking address after 300 wrong passwords: %v", err)
+	}
 }

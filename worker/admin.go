@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -37,11 +38,16 @@ func (c *command) admin(args []string) error {
 	timeout := fs.Duration("timeout", 10*time.Minute, "limit for one command (wait_run: for the whole run)")
 	var cmds stringList
 	fs.Var(&cmds, "c", "a command (repeatable; run in order, stopping at the first error)")
-	pos, err := parse(fs, args, 0, -1)
-	if err != nil {
-		return err
+	// Flags end at the command: its words are its own, even those that
+	// look like flags ("set_run_number -1").
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
 	}
-	if len(pos) > 0 {
+	var err error
+	if pos := fs.Args(); len(pos) > 0 {
 		cmds = append(cmds, hci.JoinArgs(pos))
 	}
 	cl := &hci.Client{Addr: net.JoinHostPort(*host, strconv.Itoa(*port)), Timeout: *timeout}
@@ -125,12 +131,21 @@ type adminConsole struct {
 	timeout   time.Duration
 }
 
+// run runs one command line; an error the server sent is not printed but
+// returned, naming the command, for the caller to report once.
 func (a *adminConsole) run(line string) error {
 	args, err := hci.SplitArgs(line)
 	if err != nil || len(args) == 0 {
 		return fmt.Errorf("%w: command %q: %v", errUsage, line, err)
 	}
 	fmt.Fprintf(a.out, "> %s\n", line)
+	if err := a.runArgs(line, args); err != nil {
+		return fmt.Errorf("%s: %w", line, err)
+	}
+	return nil
+}
+
+func (a *adminConsole) runArgs(line string, args []string) error {
 	switch args[0] {
 	case "upload_app":
 		if len(args) != 2 {
@@ -223,8 +238,9 @@ func (a *adminConsole) waitRun() error {
 	}
 }
 
-// print shows a reply as NVFlare's console does: strings, tables, dicts,
-// and errors (where the console stops reading).
+// print shows a reply as NVFlare's console does: strings, tables and
+// dicts, up to an error (where the console stops reading; the caller
+// reports it as the command's error).
 func (a *adminConsole) print(r *hci.Reply) {
 	for _, it := range r.Items {
 		switch it.Type {
@@ -236,7 +252,6 @@ func (a *adminConsole) print(r *hci.Reply) {
 			}
 			fmt.Fprintln(a.out, "Done")
 		case hci.TypeError:
-			fmt.Fprintf(a.out, "Error: %s\n", it.Text())
 			return
 		case hci.TypeShutdown:
 			fmt.Fprintf(a.out, "server shut down: %s\n", it.Text())

@@ -131,7 +131,7 @@ func TestAdminDrivesRecordedNVFlareServer(t *testing.T) {
 		"server app started\n",
 		"server app stopped\n",
 		"site-2  pneu      1           stopped",
-		"Error: App folder 'nosuchapp' does not exist in staging area.",
+		"deploy_app nosuchapp all: server: App folder 'nosuchapp' does not exist in staging area.",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
@@ -158,5 +158,59 @@ func TestAdminDrivesRecordedNVFlareServer(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("output:\n%s%s", out, out2)
+	}
+}
+
+// fakeConsole serves set_run_number and fail on an hci.Server with the
+// POC user and records the arguments it got.
+func fakeConsole(t *testing.T) (port string, got *[]string) {
+	t.Helper()
+	h, _ := hci.HashPassword("admin")
+	var mu sync.Mutex
+	var args []string
+	s := &hci.Server{Users: map[string]string{"admin": h}, Commands: []hci.Command{
+		{Name: "set_run_number", Handler: func(c *hci.Conn) {
+			mu.Lock()
+			args = append(args, strings.Join(c.Args, " "))
+			mu.Unlock()
+			c.Error("run number must be > 0.")
+		}},
+		{Name: "fail", Handler: func(c *hci.Conn) { c.Error("no such thing %s", strings.Join(c.Args[1:], " ")) }},
+	}}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(lis)
+	t.Cleanup(func() { s.Close() })
+	_, port, _ = net.SplitHostPort(lis.Addr().String())
+	return port, &args
+}
+
+// "admin set_run_number -1" read -1 as a flag: words after the command
+// are its arguments.
+func TestAdminNegativeArgumentIsNotAFlag(t *testing.T) {
+	port, got := fakeConsole(t)
+	var out bytes.Buffer
+	rc := run([]string{"admin", "--host", "127.0.0.1", "--port", port, "set_run_number", "-1"}, &out, &out)
+	if rc != 1 || len(*got) != 1 || (*got)[0] != "set_run_number -1" {
+		t.Fatalf("rc %d, the server got %q\n%s", rc, *got, out.String())
+	}
+	out.Reset()
+	rc = run([]string{"admin", "--port", port, "--host", "127.0.0.1", "set_run_number", "--host", "x"}, &out, &out)
+	if rc != 1 || len(*got) != 2 || (*got)[1] != "set_run_number --host x" {
+		t.Fatalf("rc %d, the server got %q\n%s", rc, *got, out.String())
+	}
+}
+
+// An error the server sent used to be printed twice (the reply, then the
+// returned error): once, naming the command.
+func TestAdminErrorPrintedOnce(t *testing.T) {
+	port, _ := fakeConsole(t)
+	var out bytes.Buffer
+	rc := run([]string{"admin", "--host", "127.0.0.1", "--port", port, "-c", "fail big", "-c", "fail again"}, &out, &out)
+	if rc != 1 || strings.Count(out.String(), "no such thing big") != 1 || strings.Contains(out.String(), "again") ||
+		!strings.Contains(out.String(), "fail big") {
+		t.Fatalf("rc %d:\n%s", rc, out.String())
 	}
 }

@@ -49,7 +49,7 @@ type Client struct {
 	// Timeout bounds one command, reply included (default 10 min: the
 	// server waits for the clients' replies).
 	Timeout time.Duration
-	// MaxReply bounds a reply (default 512 MiB).
+	// MaxReply bounds a reply (default 64 MiB).
 	MaxReply int64
 	// Token is the session token from Login or CertLogin.
 	Token string
@@ -79,15 +79,21 @@ func (c *Client) Do(command string) (*Reply, error) {
 	if c.Token != "" {
 		req.Data = append(req.Data, TextItem(TypeToken, c.Token))
 	}
-	if err := WriteTransmission(nc, req); err != nil {
-		return nil, fmt.Errorf("admin server %s: %w", c.Addr, err)
-	}
+	// The server may refuse a request before it has read all of it (one
+	// too large): the reply is read while the request is being written,
+	// and a reply beats the error of the unfinished write.
+	wrote := make(chan error, 1)
+	go func() { wrote <- WriteTransmission(nc, req) }()
 	limit := c.MaxReply
 	if limit <= 0 {
-		limit = 512 << 20
+		limit = 64 << 20
 	}
 	msgs, err := ReadReply(nc, limit)
 	if err != nil {
+		nc.Close()
+		if werr := <-wrote; werr != nil {
+			err = werr
+		}
 		return nil, fmt.Errorf("admin server %s: %w", c.Addr, err)
 	}
 	r := &Reply{}

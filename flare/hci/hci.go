@@ -11,12 +11,13 @@
 package hci
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"regexp"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -138,7 +139,9 @@ func DictItem(v any) (Item, error) {
 // now is Python's str(datetime.now()).
 func now() string { return time.Now().Format("2006-01-02 15:04:05.000000") }
 
-// validate checks a message as NVFlare's validate_proto does.
+// validate checks a message as NVFlare's validate_proto does. The items
+// come from a successful decode, so the first byte of Data tells its JSON
+// type; nothing is decoded again (an upload's data is most of the request).
 func validate(m *Message) error {
 	if m.Data == nil {
 		return errors.New(`no "data" list`)
@@ -146,13 +149,11 @@ func validate(m *Message) error {
 	for i, it := range m.Data {
 		switch it.Type {
 		case TypeString, TypeSuccess, TypeError, TypeCommand, TypeToken, TypeShutdown:
-			var s string
-			if len(it.Data) == 0 || json.Unmarshal(it.Data, &s) != nil {
+			if len(it.Data) == 0 || it.Data[0] != '"' {
 				return fmt.Errorf("item %d (%s): data is not a string", i, it.Type)
 			}
 		case TypeDict:
-			var d map[string]any
-			if len(it.Data) == 0 || json.Unmarshal(it.Data, &d) != nil || d == nil {
+			if len(it.Data) == 0 || it.Data[0] != '{' {
 				return fmt.Errorf("item %d (dict): data is not an object", i)
 			}
 		case TypeTable:
@@ -160,24 +161,21 @@ func validate(m *Message) error {
 				return fmt.Errorf("item %d (table): no rows", i)
 			}
 		default:
-			return fmt.Errorf("item %d: unknown type %q", i, it.Type)
+			return fmt.Errorf("item %d: unknown type %.40q", i, it.Type)
 		}
 	}
 	return nil
 }
 
-// parse decodes and validates one line.
+// parse decodes and validates one line. json.Unmarshal checks the whole
+// text (trailing junk included) before decoding and keeps no copy of it.
 func parse(line []byte) (*Message, error) {
 	if !utf8.Valid(line) {
 		return nil, errors.New("not UTF-8")
 	}
-	dec := json.NewDecoder(bytes.NewReader(line))
 	var m Message
-	if err := dec.Decode(&m); err != nil {
+	if err := json.Unmarshal(line, &m); err != nil {
 		return nil, fmt.Errorf("not a JSON message: %w", err)
-	}
-	if dec.More() {
-		return nil, errors.New("junk after the JSON message")
 	}
 	if err := validate(&m); err != nil {
 		return nil, err
@@ -185,60 +183,91 @@ func parse(line []byte) (*Message, error) {
 	return &m, nil
 }
 
-// readTransmission reads up to the \x04 that ends a transmission, at most
-// limit bytes, and returns its lines (split at \x03, empty ones dropped).
-func readTransmission(r io.Reader, limit int64) ([][]byte, error) {
-	br := bufio.NewReaderSize(io.LimitReader(r, limit+1), 64<<10)
-	data, err := br.ReadSlice(AllEnd)
-	var buf []byte
-	for errors.Is(err, bufio.ErrBufferFull) {
-		buf = append(buf, data...)
-		data, err = br.ReadSlice(AllEnd)
-	}
-	if buf != nil {
-		data = append(buf, data...)
-	}
-	if err != nil {
-		if int64(len(data)) > limit {
-			return nil, fmt.Errorf("message larger than %d bytes", limit)
+// ErrTooLarge is a transmission longer than the reader's limit.
+var ErrTooLarge = errors.New("message too large")
+
+// readUntilEnd appends to buf what r sends up to the \x04 that ends a
+// transmission and returns it without the \x04. It reads at most limit
+// bytes of transmission in all (buf included) and grows buf by doubling,
+// so a peer never makes it allocate more than twice what it has sent. With
+// more than limit bytes and no \x04 it returns the limit+1 bytes read and
+// an error wrapping ErrTooLarge; bytes after the \x04 are dropped (one
+// transmission per connection).
+func readUntilEnd(r io.Reader, buf []byte, limit int) ([]byte, error) {
+	scanned := 0
+	for {
+		if i := bytes.IndexByte(buf[scanned:], AllEnd); i >= 0 {
+			return buf[:scanned+i], nil
 		}
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("connection closed before the end of the message")
+		scanned = len(buf)
+		if len(buf) > limit {
+			return buf, fmt.Errorf("%w: larger than %d bytes", ErrTooLarge, limit)
 		}
-		return nil, err
-	}
-	data = data[:len(data)-1]
-	var lines [][]byte
-	for _, l := range bytes.Split(data, []byte{LineEnd}) {
-		if len(bytes.TrimSpace(l)) > 0 {
-			lines = append(lines, l)
+		if len(buf) == cap(buf) {
+			grown := make([]byte, len(buf), min(max(2*cap(buf), 4096), limit+1))
+			copy(grown, buf)
+			buf = grown
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err != nil && bytes.IndexByte(buf[scanned:], AllEnd) < 0 {
+			if errors.Is(err, io.EOF) {
+				return buf, errors.New("connection closed before the end of the message")
+			}
+			return buf, err
 		}
 	}
-	return lines, nil
 }
 
-// ReadRequest reads a request transmission: NVFlare's server joins its
-// lines (dropping the \x03s) into one JSON document.
-func ReadRequest(r io.Reader, limit int64) (*Message, error) {
-	lines, err := readTransmission(r, limit)
-	if err != nil {
-		return nil, err
+// lines splits a transmission at \x03, dropping empty lines.
+func lines(data []byte) [][]byte {
+	var out [][]byte
+	for _, l := range bytes.Split(data, []byte{LineEnd}) {
+		if len(bytes.TrimSpace(l)) > 0 {
+			out = append(out, l)
+		}
 	}
-	m, err := parse(bytes.TrimSpace(bytes.Join(lines, nil)))
+	return out
+}
+
+// parseRequest reads a request transmission (without its \x04): NVFlare's
+// server joins its lines (dropping the \x03s) into one JSON document.
+func parseRequest(data []byte) (*Message, error) {
+	ls := lines(data)
+	doc := data
+	switch len(ls) {
+	case 0:
+		doc = nil
+	case 1:
+		doc = ls[0] // no copy: an upload is one long line
+	default:
+		doc = bytes.Join(ls, nil)
+	}
+	m, err := parse(bytes.TrimSpace(doc))
 	if err != nil {
 		return nil, fmt.Errorf("protocol violation: %w", err)
 	}
 	return m, nil
 }
 
-// ReadReply reads a reply transmission: one or more JSON lines.
+// ReadRequest reads a request transmission of at most limit bytes.
+func ReadRequest(r io.Reader, limit int64) (*Message, error) {
+	data, err := readUntilEnd(r, nil, clampLimit(limit))
+	if err != nil {
+		return nil, err
+	}
+	return parseRequest(data)
+}
+
+// ReadReply reads a reply transmission of at most limit bytes: one or
+// more JSON lines.
 func ReadReply(r io.Reader, limit int64) ([]*Message, error) {
-	lines, err := readTransmission(r, limit)
+	data, err := readUntilEnd(r, nil, clampLimit(limit))
 	if err != nil {
 		return nil, err
 	}
 	var out []*Message
-	for i, l := range lines {
+	for i, l := range lines(data) {
 		m, err := parse(l)
 		if err != nil {
 			return nil, fmt.Errorf("reply line %d: %w", i+1, err)
@@ -247,6 +276,19 @@ func ReadReply(r io.Reader, limit int64) ([]*Message, error) {
 	}
 	return out, nil
 }
+
+// clampLimit makes a limit an int a buffer can have.
+func clampLimit(limit int64) int {
+	if limit <= 0 {
+		return 0
+	}
+	return int(min(limit, math.MaxInt32))
+}
+
+// uploadPrefix matches the start of an upload request as NVFlare's admin
+// tools and ours write it: the command item first, its data beginning with
+// the upload command. Only such a request may grow past the login limit.
+var uploadPrefix = regexp.MustCompile(`^\s*\{\s*(?:"time"\s*:\s*"[^"\\]*"\s*,\s*)?"data"\s*:\s*\[\s*\{\s*"type"\s*:\s*"command"\s*,\s*"data"\s*:\s*"(?:file_transfer\.)?_upload_folder `)
 
 // WriteTransmission writes the messages, one line each, and the end mark.
 // The JSON is pure ASCII (as Python's json.dumps writes it): NVFlare's
@@ -301,54 +343,63 @@ func asciiJSON(b []byte) []byte {
 
 // SplitArgs splits a command line as NVFlare's split_to_args does: with a
 // double quote anywhere, POSIX shell quoting (shlex.split); otherwise at
-// runs of spaces.
+// runs of spaces. It walks the string once, without a copy of it as runes
+// (an upload's command is most of its request).
 func SplitArgs(line string) ([]string, error) {
 	if !strings.Contains(line, `"`) {
-		for strings.Contains(line, "  ") {
-			line = strings.ReplaceAll(line, "  ", " ")
+		// Runs of spaces count as one; a leading or trailing space still
+		// gives an empty first or last argument, as in NVFlare.
+		var b strings.Builder
+		b.Grow(len(line))
+		for i := 0; i < len(line); i++ {
+			if line[i] == ' ' && i > 0 && line[i-1] == ' ' {
+				continue
+			}
+			b.WriteByte(line[i])
 		}
-		return strings.Split(line, " "), nil
+		return strings.Split(b.String(), " "), nil
 	}
 	var args []string
 	var cur strings.Builder
 	inArg := false
-	var quote rune
-	rs := []rune(line)
-	for i := 0; i < len(rs); i++ {
-		r := rs[i]
+	var quote byte
+	for i := 0; i < len(line); i++ {
+		c := line[i] // quotes, backslashes and spaces are ASCII: other bytes are copied as they are
 		switch {
 		case quote == '\'':
-			if r == '\'' {
+			if c == '\'' {
 				quote = 0
 			} else {
-				cur.WriteRune(r)
+				cur.WriteByte(c)
 			}
 		case quote == '"':
-			if r == '"' {
+			if c == '"' {
 				quote = 0
-			} else if r == '\\' && i+1 < len(rs) && strings.ContainsRune("\\\"$`\n", rs[i+1]) {
+			} else if c == '\\' && i+1 < len(line) && strings.IndexByte("\\\"$`\n", line[i+1]) >= 0 {
 				i++
-				cur.WriteRune(rs[i])
+				cur.WriteByte(line[i])
 			} else {
-				cur.WriteRune(r)
+				cur.WriteByte(c)
 			}
-		case r == '\'' || r == '"':
-			quote, inArg = r, true
-		case r == '\\':
-			if i+1 >= len(rs) {
+		case c == '\'' || c == '"':
+			quote, inArg = c, true
+		case c == '\\':
+			if i+1 >= len(line) {
 				return nil, errors.New("no escaped character")
 			}
-			i++
-			cur.WriteRune(rs[i])
+			// An escaped character may be several bytes long.
+			_, size := utf8.DecodeRuneInString(line[i+1:])
+			cur.WriteString(line[i+1 : i+1+size])
+			i += size
 			inArg = true
-		case r == ' ' || r == '\t' || r == '\n' || r == '\r':
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r':
 			if inArg {
 				args = append(args, cur.String())
 				cur.Reset()
 				inArg = false
 			}
 		default:
-			cur.WriteRune(r)
+			cur.WriteByte(c)
 			inArg = true
 		}
 	}
