@@ -220,11 +220,14 @@ func (s *Server) expireCrossTasks(x *crossSite) {
 }
 
 func (s *Server) crossTaskFailed(x *crossSite, t *crossTask, why string) {
+	what := "submitting its model"
 	if t.owner != "" {
 		x.results[t.client][t.owner] = map[string]any{}
-		s.logf("cross-site: %s scoring the model of %s: %s", t.client, t.owner, why)
-	} else {
-		s.logf("cross-site: %s submitting its model: %s", t.client, why)
+		what = "scoring the model of " + t.owner
+	}
+	s.logf("cross-site: %s %s: %s", t.client, what, why)
+	if s.run != nil && s.run.cross == x {
+		s.run.siteLost(t.client, fmt.Sprintf("cross-site task %s (%s): %s", t.name, what, why))
 	}
 }
 
