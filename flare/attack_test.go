@@ -11,6 +11,8 @@ import (
 	"math"
 	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -1061,4 +1063,36 @@ func FuzzAccumulate(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A site scoring a model NaN (or sending a metric JSON cannot hold) loses
+// its cell, not every site's cross_val_results.json; the run reports it.
+func TestCrossSiteNonFiniteMetricRefused(t *testing.T) {
+	cfg := testServerConfig(2, 1, 0)
+	cfg.Workflows = append(cfg.Workflows, Component{ID: "cross_site_validate", Path: PathCrossSiteModelEval,
+		Args: json.RawMessage(`{"submit_model_timeout": 60, "validation_timeout": 60}`)})
+	srv, log := newTestServer(t, cfg, &memPersistor{init: initModel()})
+	srv.OutputDir = t.TempDir()
+	addr, done := serveOn(t, srv)
+	site1 := &siteExec{add: addExecutor{delta: 1, steps: 1}}
+	site2 := &siteExec{add: addExecutor{delta: 4, steps: 1}, offset: math.NaN()}
+	runToEnd(t, done,
+		&Client{Name: "site-1", Target: addr, Tasks: map[string]Executor{"train": site1, "submit_model": site1, "validate": site1}},
+		&Client{Name: "site-2", Target: addr, Tasks: map[string]Executor{"train": site2, "submit_model": site2, "validate": site2}})
+	b, err := os.ReadFile(filepath.Join(srv.OutputDir, "cross_site_val", "cross_val_results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]map[string]map[string]float64
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != "map[site-1:map[site-1:map[val_acc:2] site-2:map[val_acc:5]] site-2:map[site-1:map[] site-2:map[]]]" {
+		t.Fatalf("results %s", b)
+	}
+	lost, _ := srv.LostSites()
+	if len(lost) != 1 || !strings.Contains(lost[0], `site-2: cross-site task validate (scoring the model of site-`) || !strings.Contains(lost[0], `metric "val_acc" is NaN`) {
+		t.Fatalf("lost %q", lost)
+	}
+	log.check(t, 400)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -296,9 +297,35 @@ func (s *Server) crossSiteResult(c *clientEntry, sh *Shareable, taskID string) s
 			m[a.Name] = v
 		}
 	}
+	if err := checkMetrics(m); err != nil {
+		s.crossTaskFailed(x, t, logSafeErr(err))
+		return "result ignored"
+	}
 	x.results[c.name][t.owner] = m
 	s.logf("cross-site: %s scored the model of %s", c.name, t.owner)
 	return "Received"
+}
+
+// checkMetrics refuses metrics that cannot go into cross_val_results.json:
+// JSON has no NaN or infinity (one such value would lose every site's
+// results), and a metric is a number, a boolean or a short string.
+func checkMetrics(m map[string]any) error {
+	for k, v := range m {
+		switch x := v.(type) {
+		case float64:
+			if math.IsNaN(x) || math.IsInf(x, 0) {
+				return fmt.Errorf("metric %q is %v", k, x)
+			}
+		case int64, bool:
+		case string:
+			if len(x) > maxLogBytes {
+				return fmt.Errorf("metric %q is a string of %d bytes (at most %d)", k, len(x), maxLogBytes)
+			}
+		default:
+			return fmt.Errorf("metric %q is a %s, not a number", k, pickle.TypeName(v))
+		}
+	}
+	return nil
 }
 
 func dxoKind(sh *Shareable) string {

@@ -25,7 +25,11 @@ type rendezvousExecutor struct {
 }
 
 func (e rendezvousExecutor) Execute(ctx context.Context, task string, data *flare.Shareable, _ *flare.FLContext) (*flare.Shareable, error) {
-	close(e.mine)
+	select {
+	case <-e.mine: // a second task: the rendezvous is past
+	default:
+		close(e.mine)
+	}
 	select {
 	case <-e.other:
 	case <-ctx.Done():
