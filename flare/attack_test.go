@@ -8,7 +8,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
+	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -763,4 +767,332 @@ func TestUncompressedOversizedRequestCutOff(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// rawSite is a client speaking the wire by hand, to send crafted results.
+type rawSite struct {
+	fl    fedlearn.FederatedTrainingClient
+	state *fedlearn.ClientState
+}
+
+func newRawSite(t *testing.T, addr, name string) *rawSite {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fl := fedlearn.NewFederatedTrainingClient(conn)
+	reg, err := fl.Register(context.Background(), &fedlearn.ClientLogin{ClientName: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &rawSite{fl: fl, state: &fedlearn.ClientState{ClientName: name, Token: reg.Token}}
+}
+
+// task waits for the round's task.
+func (r *rawSite) task(t *testing.T) *Shareable {
+	t.Helper()
+	for {
+		task, err := r.fl.GetTask(context.Background(), r.state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if task.TaskName != TaskTryAgain {
+			in, err := DecodeShareable(task.Data.Params["data"].Ndarray)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return in
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// submit sends res as the result of task in.
+func (r *rawSite) submit(t *testing.T, in, res *Shareable) error {
+	t.Helper()
+	res.SetHeader(HeaderCookieJar, in.CookieJar())
+	res.SetHeader(HeaderTaskName, "train")
+	data, err := EncodeShareable(res)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.fl.SubmitUpdate(context.Background(), &fedlearn.Contribution{Client: r.state,
+		Data: &fedlearn.ModelData{Params: map[string]*fedlearn.NDArray{"data": {Ndarray: data}}}})
+	return err
+}
+
+// weightsResult is a WEIGHTS result of sd with NUM_STEPS_CURRENT_ROUND
+// steps (none when steps is nil).
+func weightsResult(sd *persistor.StateDict, steps any) *Shareable {
+	meta := &pickle.Dict{}
+	if steps != nil {
+		meta.Set(MetaNumStepsCurrentRound, steps)
+	}
+	res := NewShareable()
+	res.DXO = WeightsDXO(sd, meta)
+	return res
+}
+
+// modelWith is initModel with w replaced.
+func modelWith(w ...float32) *persistor.StateDict {
+	sd := initModel()
+	sd.Set("w", persistor.FromFloat32(w, 2, 2))
+	return sd
+}
+
+// with sets name in sd and returns sd.
+func with(sd *persistor.StateDict, name string, t *persistor.Tensor) *persistor.StateDict {
+	sd.Set(name, t)
+	return sd
+}
+
+// refusedThenGood runs one round in which evil sends bad and an honest site
+// then sends w = 5 (steps 1): bad must be refused, with a log line naming
+// the site, the task and the round and holding want; the round must
+// complete on the honest result alone, and the run must report evil lost.
+func refusedThenGood(t *testing.T, bad *Shareable, want string) {
+	t.Helper()
+	p := &memPersistor{init: initModel()}
+	srv, log := newTestServer(t, testServerConfig(1, 1, 5), p)
+	addr, done := serveOn(t, srv)
+	defer srv.Stop()
+	evil, good := newRawSite(t, addr, "evil"), newRawSite(t, addr, "good")
+	in := evil.task(t)
+	err := evil.submit(t, in, bad)
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), want) {
+		t.Fatalf("bad result: %v, want InvalidArgument with %q", err, want)
+	}
+	if err := good.submit(t, good.task(t), weightsResult(modelWith(5, 5, 5, 5), int64(1))); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(p.saved) != 1 {
+		t.Fatalf("%d models saved", len(p.saved))
+	}
+	if w, _ := p.saved[0].Get("w").Float32s(); fmt.Sprint(w) != "[5 5 5 5]" {
+		t.Fatalf("w = %v: the refused result leaked in", w)
+	}
+	found := false
+	for _, line := range log.all() {
+		if strings.Contains(line, "client evil: task train (round 1/1): result refused: ") && strings.Contains(line, want) {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no log line naming site, task, round and %q: %q", want, log.all())
+	}
+	log.check(t, 400)
+	lost, sites := srv.LostSites()
+	if len(lost) != 1 || sites != 2 || !strings.HasPrefix(lost[0], "evil: task train (round 1/1): result refused: ") {
+		t.Errorf("lost sites %q of %d", lost, sites)
+	}
+}
+
+// A result holding NaN or an infinity (or a value no float32 holds) is
+// refused whole; the others carry the round.
+func TestNonFiniteResultRefused(t *testing.T) {
+	huge := with(initModel(), "bn.num_batches_tracked", persistor.FromFloat64([]float64{1e300}))
+	for _, c := range []struct {
+		name string
+		sd   *persistor.StateDict
+		want string
+	}{
+		{"NaN", modelWith(1, 2, float32(math.NaN()), 4), `array "w" element 2 is NaN`},
+		{"+Inf", modelWith(float32(math.Inf(1)), 2, 3, 4), `array "w" element 0 is +Inf`},
+		{"-Inf", modelWith(1, 2, 3, float32(math.Inf(-1))), `array "w" element 3 is -Inf`},
+		{"1e300", huge, `array "bn.num_batches_tracked" element 0 is 1e+300`},
+	} {
+		t.Run(c.name, func(t *testing.T) { refusedThenGood(t, weightsResult(c.sd, int64(1)), c.want) })
+	}
+}
+
+// NUM_STEPS_CURRENT_ROUND must be a whole number from 1 to 2^40: a
+// negative, zero, NaN, infinite, fractional, huge or non-numeric weight is
+// refused, a missing one weighs 1 (as NVFlare's aggregator has it).
+func TestBadStepCountRefused(t *testing.T) {
+	for _, steps := range []any{int64(-3), int64(0), math.NaN(), math.Inf(1), math.Inf(-1), 2.5, 1e30, int64(1) << 41,
+		new(big.Int).Lsh(big.NewInt(1), 100), "ten", true} {
+		_, _, err := resultWeight(weightsResult(initModel(), steps).DXO)
+		if err == nil || !strings.Contains(err.Error(), MetaNumStepsCurrentRound) {
+			t.Errorf("steps %v (%T): %v", steps, steps, err)
+		}
+	}
+	for steps, want := range map[any]float64{int64(7): 7, 3.0: 3, int64(1) << 40: 1 << 40} {
+		if w, _, err := resultWeight(weightsResult(initModel(), steps).DXO); err != nil || w != want {
+			t.Errorf("steps %v: %v %v", steps, w, err)
+		}
+	}
+	if w, present, err := resultWeight(weightsResult(initModel(), nil).DXO); w != 1 || present || err != nil {
+		t.Errorf("no steps: %v %v %v", w, present, err)
+	}
+	t.Run("server", func(t *testing.T) {
+		refusedThenGood(t, weightsResult(modelWith(100, 100, 100, 100), int64(-1000)), "NUM_STEPS_CURRENT_ROUND is -1000")
+	})
+	t.Run("NaN", func(t *testing.T) {
+		refusedThenGood(t, weightsResult(modelWith(100, 100, 100, 100), math.NaN()), "NUM_STEPS_CURRENT_ROUND is NaN")
+	})
+}
+
+// A result's arrays must be the model's: the same names, each once, the
+// same shapes, a dtype of the same kind.
+func TestMismatchedResultRefused(t *testing.T) {
+	acc, _ := newAccumulator(initModel())
+	w := persistor.FromFloat32([]float32{1, 2, 3, 4}, 2, 2)
+	nb := persistor.FromInt64([]int64{3})
+	for _, c := range []struct {
+		name string
+		data []NamedArray
+		want string
+	}{
+		{"missing", []NamedArray{{"w", w}}, "result has 1 arrays, the model 2"},
+		{"extra", []NamedArray{{"w", w}, {"bn.num_batches_tracked", nb}, {"x", w}}, "result has 3 arrays, the model 2"},
+		{"unknown", []NamedArray{{"w", w}, {"x", nb}}, `unknown array "x"`},
+		{"twice", []NamedArray{{"w", w}, {"w", w}}, `array "w" twice`},
+		{"shape", []NamedArray{{"w", persistor.FromFloat32([]float32{1, 2, 3, 4}, 4)}, {"bn.num_batches_tracked", nb}}, `"w" has shape [4], the model [2 2]`},
+		{"rank", []NamedArray{{"w", persistor.FromFloat32([]float32{1, 2, 3, 4}, 2, 2, 1)}, {"bn.num_batches_tracked", nb}}, `"w" has shape [2 2 1]`},
+		{"dtype", []NamedArray{{"w", persistor.FromInt64([]int64{1, 2, 3, 4}, 2, 2)}, {"bn.num_batches_tracked", nb}}, `"w" is int64, the model's float32`},
+		{"bool", []NamedArray{{"w", w}, {"bn.num_batches_tracked", &persistor.Tensor{DType: persistor.Bool, Data: []byte{1}}}}, `is bool`},
+		{"short", []NamedArray{{"w", &persistor.Tensor{DType: persistor.Float32, Shape: []int{2, 2}, Data: make([]byte, 8)}}, {"bn.num_batches_tracked", nb}}, "has 8 bytes"},
+		{"nil", []NamedArray{{"w", nil}, {"bn.num_batches_tracked", nb}}, `"w" is empty`},
+	} {
+		err := acc.add(&DXO{Kind: KindWeights, Data: c.data}, 1)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.name, err, c.want)
+		}
+	}
+	if acc.total != 0 || acc.sums["w"][0] != 0 {
+		t.Fatal("a refused result changed the sums")
+	}
+	// A model's float64 buffer (num_batches_tracked after one aggregation)
+	// comes back as a client's int64, and float32 weights as float64.
+	acc, _ = newAccumulator(with(modelWith(1, 2, 3, 4), "bn.num_batches_tracked", persistor.FromFloat64([]float64{2})))
+	if err := acc.add(&DXO{Kind: KindWeights, Data: []NamedArray{{"w", persistor.FromFloat64([]float64{1, 2, 3, 4}, 2, 2)}, {"bn.num_batches_tracked", nb}}}, 1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A mean that is not finite is an error, never a global model (the bounds
+// on results keep it from happening; this is the last line).
+func TestNonFiniteMeanNotSaved(t *testing.T) {
+	acc, _ := newAccumulator(initModel())
+	acc.total = 1
+	acc.sums["w"][1] = math.Inf(1)
+	if _, err := acc.result(); err == nil || !strings.Contains(err.Error(), `"w" element 1 is +Inf`) {
+		t.Fatalf("non-finite mean: %v", err)
+	}
+	acc.sums["w"][1] = 1e300 // finite in float64, not in float32
+	if _, err := acc.result(); err == nil || !strings.Contains(err.Error(), `"w" element 1 is +Inf`) {
+		t.Fatalf("mean beyond float32: %v", err)
+	}
+}
+
+// A site that fails its task while another carries the round is reported
+// lost, with the reason it gave; the round itself completes.
+func TestLostSiteReported(t *testing.T) {
+	p := &memPersistor{init: initModel()}
+	srv, log := newTestServer(t, testServerConfig(1, 1, 5), p)
+	addr, done := serveOn(t, srv)
+	defer srv.Stop()
+	bad, good := newRawSite(t, addr, "site-3"), newRawSite(t, addr, "site-1")
+	failed := NewShareable()
+	failed.SetHeader(HeaderRC, RCExecutionException)
+	failed.SetHeader(HeaderTaskError, "no image could be read")
+	if err := bad.submit(t, bad.task(t), failed); err != nil {
+		t.Fatal(err)
+	}
+	if err := good.submit(t, good.task(t), weightsResult(modelWith(5, 5, 5, 5), int64(1))); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	lost, sites := srv.LostSites()
+	want := "site-3: task train (round 1/1) failed with EXECUTION_EXCEPTION: no image could be read"
+	if len(lost) != 1 || lost[0] != want || sites != 2 {
+		t.Fatalf("lost %q of %d, want [%s] of 2", lost, sites, want)
+	}
+	found := false
+	for _, line := range log.all() {
+		found = found || strings.Contains(line, "run 1 lost 1 of 2 site(s): "+want)
+	}
+	if !found {
+		t.Errorf("no summary line: %q", log.all())
+	}
+}
+
+// FuzzAccumulate adds any decodable result to a round: whatever it holds,
+// a result the accumulator takes leaves a finite mean, or none.
+func FuzzAccumulate(f *testing.F) {
+	for _, steps := range []any{int64(1), int64(-1), math.NaN(), 2.5, 1e30, nil} {
+		b, _ := EncodeShareable(weightsResult(initModel(), steps))
+		f.Add(b)
+	}
+	for _, sd := range []*persistor.StateDict{modelWith(float32(math.NaN()), 0, 0, 0), modelWith(float32(math.Inf(-1)), 0, 0, 0),
+		with(initModel(), "bn.num_batches_tracked", persistor.FromFloat64([]float64{math.MaxFloat64}))} {
+		b, _ := EncodeShareable(weightsResult(sd, int64(1<<40)))
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		sh, err := DecodeShareable(data)
+		if err != nil || sh.DXO == nil {
+			return
+		}
+		w, _, err := resultWeight(sh.DXO)
+		if err != nil {
+			return
+		}
+		acc, _ := newAccumulator(initModel())
+		for range 3 {
+			if acc.add(sh.DXO, w) != nil {
+				return
+			}
+		}
+		sd, err := acc.result()
+		if err != nil {
+			t.Fatalf("accepted results give no mean: %v", err)
+		}
+		for _, n := range sd.Names() {
+			for i := range sd.Get(n).NumElements() {
+				if x := sd.Get(n).Float64At(i); math.IsNaN(x) || math.IsInf(x, 0) {
+					t.Fatalf("%s[%d] = %v", n, i, x)
+				}
+			}
+		}
+	})
+}
+
+// A site scoring a model NaN (or sending a metric JSON cannot hold) loses
+// its cell, not every site's cross_val_results.json; the run reports it.
+func TestCrossSiteNonFiniteMetricRefused(t *testing.T) {
+	cfg := testServerConfig(2, 1, 0)
+	cfg.Workflows = append(cfg.Workflows, Component{ID: "cross_site_validate", Path: PathCrossSiteModelEval,
+		Args: json.RawMessage(`{"submit_model_timeout": 60, "validation_timeout": 60}`)})
+	srv, log := newTestServer(t, cfg, &memPersistor{init: initModel()})
+	srv.OutputDir = t.TempDir()
+	addr, done := serveOn(t, srv)
+	site1 := &siteExec{add: addExecutor{delta: 1, steps: 1}}
+	site2 := &siteExec{add: addExecutor{delta: 4, steps: 1}, offset: math.NaN()}
+	runToEnd(t, done,
+		&Client{Name: "site-1", Target: addr, Tasks: map[string]Executor{"train": site1, "submit_model": site1, "validate": site1}},
+		&Client{Name: "site-2", Target: addr, Tasks: map[string]Executor{"train": site2, "submit_model": site2, "validate": site2}})
+	b, err := os.ReadFile(filepath.Join(srv.OutputDir, "cross_site_val", "cross_val_results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]map[string]map[string]float64
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != "map[site-1:map[site-1:map[val_acc:2] site-2:map[val_acc:5]] site-2:map[site-1:map[] site-2:map[]]]" {
+		t.Fatalf("results %s", b)
+	}
+	lost, _ := srv.LostSites()
+	if len(lost) != 1 || !strings.Contains(lost[0], `site-2: cross-site task validate (scoring the model of site-`) || !strings.Contains(lost[0], `metric "val_acc" is NaN`) {
+		t.Fatalf("lost %q", lost)
+	}
+	log.check(t, 400)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -220,11 +221,14 @@ func (s *Server) expireCrossTasks(x *crossSite) {
 }
 
 func (s *Server) crossTaskFailed(x *crossSite, t *crossTask, why string) {
+	what := "submitting its model"
 	if t.owner != "" {
 		x.results[t.client][t.owner] = map[string]any{}
-		s.logf("cross-site: %s scoring the model of %s: %s", t.client, t.owner, why)
-	} else {
-		s.logf("cross-site: %s submitting its model: %s", t.client, why)
+		what = "scoring the model of " + t.owner
+	}
+	s.logf("cross-site: %s %s: %s", t.client, what, why)
+	if s.run != nil && s.run.cross == x {
+		s.run.siteLost(t.client, fmt.Sprintf("cross-site task %s (%s): %s", t.name, what, why))
 	}
 }
 
@@ -293,9 +297,35 @@ func (s *Server) crossSiteResult(c *clientEntry, sh *Shareable, taskID string) s
 			m[a.Name] = v
 		}
 	}
+	if err := checkMetrics(m); err != nil {
+		s.crossTaskFailed(x, t, logSafeErr(err))
+		return "result ignored"
+	}
 	x.results[c.name][t.owner] = m
 	s.logf("cross-site: %s scored the model of %s", c.name, t.owner)
 	return "Received"
+}
+
+// checkMetrics refuses metrics that cannot go into cross_val_results.json:
+// JSON has no NaN or infinity (one such value would lose every site's
+// results), and a metric is a number, a boolean or a short string.
+func checkMetrics(m map[string]any) error {
+	for k, v := range m {
+		switch x := v.(type) {
+		case float64:
+			if math.IsNaN(x) || math.IsInf(x, 0) {
+				return fmt.Errorf("metric %q is %v", k, x)
+			}
+		case int64, bool:
+		case string:
+			if len(x) > maxLogBytes {
+				return fmt.Errorf("metric %q is a string of %d bytes (at most %d)", k, len(x), maxLogBytes)
+			}
+		default:
+			return fmt.Errorf("metric %q is a %s, not a number", k, pickle.TypeName(v))
+		}
+	}
+	return nil
 }
 
 func dxoKind(sh *Shareable) string {

@@ -104,8 +104,11 @@ type runState struct {
 	contributed map[string]bool
 	failed      map[string]bool // clients whose result this round was an error (e.g. abort_task)
 	finished    bool
-	ended       map[string]bool // clients told __end_run__
-	cross       *crossSite      // CrossSiteModelEval after the rounds, or nil
+	ended       map[string]bool   // clients told __end_run__
+	took        map[string]bool   // clients handed a task of this run
+	lost        map[string]string // site → why it dropped out of the run
+	lostOrder   []string          // the sites of lost, in the order they were lost
+	cross       *crossSite        // CrossSiteModelEval after the rounds, or nil
 	cancel      context.CancelFunc
 	err         error
 }
@@ -130,7 +133,8 @@ func newRun(cfg *ServerConfig, reg *Registry, number int, app string) (*runState
 	if err != nil {
 		return nil, err
 	}
-	r := &runState{number: number, app: app, sag: sag, persist: p, status: statusStarting, ended: map[string]bool{}}
+	r := &runState{number: number, app: app, sag: sag, persist: p, status: statusStarting, ended: map[string]bool{},
+		took: map[string]bool{}, lost: map[string]string{}}
 	if csv != nil {
 		r.cross = &crossSite{args: csv}
 	}
@@ -267,8 +271,12 @@ func (s *Server) workflow(ctx context.Context, run *runState) (err error) {
 		}
 		s.mu.Lock()
 		run.finished, run.status, run.acc, run.err = true, statusStopped, nil, err
+		lost, sites := run.lostSites()
 		s.notify()
 		s.mu.Unlock()
+		if len(lost) > 0 {
+			s.logf("run %d lost %d of %d site(s): %s", run.number, len(lost), sites, strings.Join(lost, "; "))
+		}
 	}()
 	ck, err := run.persist.Load()
 	if err != nil {
@@ -287,7 +295,7 @@ func (s *Server) workflow(ctx context.Context, run *runState) (err error) {
 			return err
 		}
 		if global, err = acc.result(); err != nil {
-			return err
+			return fmt.Errorf("round %d/%d: aggregating %d result(s): %w; the global model was not saved", r+1, sag.NumRounds, n, err)
 		}
 		ck.Model = global
 		if err := run.persist.Save(ck); err != nil {
@@ -384,6 +392,9 @@ func (s *Server) dropDead() {
 		if time.Since(c.lastSeen) > s.HeartBeatTimeout {
 			s.logf("client %s: no heartbeat for %s, dropped", c.name, s.HeartBeatTimeout)
 			delete(s.clients, tok)
+			if r := s.run; r != nil && !r.finished && r.took[c.name] {
+				r.siteLost(c.name, fmt.Sprintf("no heartbeat for %s, dropped", s.HeartBeatTimeout))
+			}
 		}
 	}
 }
@@ -544,6 +555,11 @@ func (s *Server) Heartbeat(ctx context.Context, req *fedlearn.Token) (*fedlearn.
 // Quit logs a client out.
 func (s *Server) Quit(ctx context.Context, req *fedlearn.ClientState) (*fedlearn.FederatedSummary, error) {
 	s.mu.Lock()
+	if c, ok := s.clients[req.Token]; ok {
+		if r := s.run; r != nil && !r.finished && r.took[c.name] {
+			r.siteLost(c.name, "left before the run ended")
+		}
+	}
 	delete(s.clients, req.Token)
 	s.notify()
 	s.mu.Unlock()
@@ -609,6 +625,9 @@ func (s *Server) GetTask(ctx context.Context, req *fedlearn.ClientState) (*fedle
 		if run.cross != nil && run.cross.queued != nil {
 			t = run.cross.next(c.name)
 		}
+		if t != nil {
+			run.took[c.name] = true
+		}
 		s.mu.Unlock()
 		if t != nil {
 			s.logf("client %s: task %s %s", c.name, t.name, t.owner)
@@ -617,6 +636,7 @@ func (s *Server) GetTask(ctx context.Context, req *fedlearn.ClientState) (*fedle
 		return s.special(TaskTryAgain, tryAgainWait)
 	}
 	data, round, task := run.taskData, run.round, run.sag.TrainTaskName
+	run.took[c.name] = true
 	s.mu.Unlock()
 	s.logf("client %s: task %s round %d", c.name, task, round+1)
 	return s.task(task, data)
@@ -663,28 +683,18 @@ func (s *Server) SubmitUpdate(ctx context.Context, req *fedlearn.Contribution) (
 	if rc := sh.ReturnCode(); rc != RCOK {
 		task := sh.HeaderString(HeaderTaskName)
 		s.mu.Lock()
-		if run := s.run; task == "" && run != nil && tid == run.taskID {
+		if run := s.run; run != nil && tid == run.taskID {
 			task = fmt.Sprintf("%s (round %d/%d)", run.sag.TrainTaskName, run.round+1, run.sag.NumRounds)
 		}
-		s.logf("client %s: task %s failed with %s%s", c.name, LogSafe(task), LogSafe(rc), taskErrorSuffix(sh))
+		why := fmt.Sprintf("task %s failed with %s%s", LogSafe(task), LogSafe(rc), taskErrorSuffix(sh))
+		s.logf("client %s: %s", c.name, why)
 		if run := s.run; run != nil && run.acc != nil && tid == run.taskID && !run.contributed[c.name] {
 			run.failed[c.name] = true // not sent again this round
+			run.siteLost(c.name, why)
 			s.notify()
 		}
 		s.mu.Unlock()
 		return &fedlearn.FederatedSummary{Comment: "result ignored: " + LogSafe(rc)}, nil
-	}
-	if sh.DXO == nil || sh.DXO.Kind != KindWeights {
-		return nil, status.Error(codes.InvalidArgument, "result is not a WEIGHTS DXO")
-	}
-	steps, err := sh.DXO.NumSteps()
-	if err != nil {
-		// NVFlare's aggregator weighs such a result 1, with a warning.
-		s.logf("client %s: result has no %s; weighted 1", c.name, MetaNumStepsCurrentRound)
-		steps = 1
-	}
-	if steps <= 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "result has %s = %d", MetaNumStepsCurrentRound, steps)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -696,14 +706,76 @@ func (s *Server) SubmitUpdate(ctx context.Context, req *fedlearn.Contribution) (
 	if run.contributed[c.name] {
 		return &fedlearn.FederatedSummary{Comment: "duplicate result ignored"}, nil
 	}
-	if err := run.acc.add(sh.DXO, float64(steps)); err != nil {
-		s.logf("client %s: rejected result: %s", c.name, logSafeErr(err))
-		return nil, status.Error(codes.InvalidArgument, logSafeErr(err))
+	// A result that cannot be averaged into the model is refused whole:
+	// one NaN or a wrong shape would spoil the global model of every site.
+	refuse := func(err error) (*fedlearn.FederatedSummary, error) {
+		why := "result refused: " + logSafeErr(err)
+		s.logf("client %s: task %s (round %d/%d): %s", c.name, run.sag.TrainTaskName, run.round+1, run.sag.NumRounds, why)
+		run.failed[c.name] = true // not sent again this round
+		run.siteLost(c.name, fmt.Sprintf("task %s (round %d/%d): %s", run.sag.TrainTaskName, run.round+1, run.sag.NumRounds, why))
+		s.notify()
+		return nil, status.Error(codes.InvalidArgument, why)
+	}
+	if sh.DXO == nil || sh.DXO.Kind != KindWeights {
+		return refuse(fmt.Errorf("it holds %s, not WEIGHTS", dxoKind(sh)))
+	}
+	steps, present, err := resultWeight(sh.DXO)
+	if err != nil {
+		return refuse(err)
+	}
+	if !present {
+		// NVFlare's aggregator weighs such a result 1, with a warning.
+		s.logf("client %s: result has no %s; weighted 1", c.name, MetaNumStepsCurrentRound)
+	}
+	if err := run.acc.add(sh.DXO, steps); err != nil {
+		return refuse(err)
 	}
 	run.contributed[c.name] = true
 	s.notify()
-	s.logf("client %s: result for round %d accepted (%d steps)", c.name, run.round+1, steps)
+	s.logf("client %s: result for round %d accepted (%.0f steps)", c.name, run.round+1, steps)
 	return &fedlearn.FederatedSummary{Comment: "Received"}, nil
+}
+
+// siteLost records why a site dropped out of the run, the first reason
+// only; s.mu must be held.
+func (r *runState) siteLost(site, why string) {
+	if r.lost == nil {
+		r.lost = map[string]string{}
+	}
+	if _, ok := r.lost[site]; !ok {
+		r.lost[site] = why
+		r.lostOrder = append(r.lostOrder, site)
+	}
+}
+
+// lostSites is "site: reason" for each lost site, and the number of sites
+// handed a task of the run; s.mu must be held.
+func (r *runState) lostSites() ([]string, int) {
+	var out []string
+	for _, site := range r.lostOrder {
+		out = append(out, site+": "+r.lost[site])
+	}
+	sites := len(r.took)
+	for site := range r.lost {
+		if !r.took[site] {
+			sites++
+		}
+	}
+	return out, sites
+}
+
+// LostSites says which sites the current or last run lost, each as
+// "site: reason" (a failed task with the task_error the site gave, a
+// refused result, a site gone silent), and how many sites took part. A
+// run that went on without a site still ends without error; whoever ran
+// it decides (flarego server --job exits non-zero).
+func (s *Server) LostSites() (lost []string, sites int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.run == nil {
+		return nil, 0
+	}
+	return s.run.lostSites()
 }
 
 // taskErrorSuffix is ": REASON" when a failed result says why (the

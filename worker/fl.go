@@ -643,7 +643,14 @@ func (c *command) server(args []string) error {
 	logf("server: listening on %s (secure_train=%v)", lis.Addr(), secure)
 	ctx, stop := interruptible()
 	defer stop()
-	return srv.Serve(ctx, lis)
+	if err := srv.Serve(ctx, lis); err != nil {
+		return err
+	}
+	// One job: a run that went on without a site did not do what was asked.
+	if lost, sites := srv.LostSites(); jobDir != "" && len(lost) > 0 {
+		return fmt.Errorf("the run lost %d of %d site(s): %s", len(lost), sites, strings.Join(lost, "; "))
+	}
+	return nil
 }
 
 // client runs a site from a startup kit (NVFlare's client_train).
