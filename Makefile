@@ -37,6 +37,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeShareable$$' -fuzztime $(FUZZTIME) ./flare
 	$(GO) test -run '^$$' -fuzz '^FuzzRequestCodec$$' -fuzztime $(FUZZTIME) ./flare
 	$(GO) test -run '^$$' -fuzz '^FuzzAdminPathsStayInWorkspace$$' -fuzztime $(FUZZTIME) ./flare
+	$(GO) test -run '^$$' -fuzz '^FuzzAccumulate$$' -fuzztime $(FUZZTIME) ./flare
 	$(GO) test -run '^$$' -fuzz '^FuzzReadRequest$$' -fuzztime $(FUZZTIME) ./flare/hci
 	$(GO) test -run '^$$' -fuzz '^FuzzSpec$$' -fuzztime $(FUZZTIME) ./model
 
