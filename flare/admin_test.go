@@ -11,9 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	protobuf "google.golang.org/protobuf/proto"
 
 	"github.com/flarego/flarego/proto/admin"
+	"github.com/flarego/flarego/proto/fedlearn"
 )
 
 // The requests a real NVFlare 2.0.5 server sent on the admin channel get
@@ -156,4 +159,40 @@ func zipPT(t testing.TB, name, content string) []byte {
 	w.Write([]byte(content))
 	zw.Close()
 	return buf.Bytes()
+}
+
+// A client that registers again and again (a restart loop, or a peer
+// without TLS doing it on purpose) leaves nothing of its old tokens in
+// the admin channel's queue.
+func TestAdminQueueForgetsOldTokens(t *testing.T) {
+	srv, _ := newTestServer(t, testServerConfig(1, 1, 0), &memPersistor{init: initModel()})
+	app := t.TempDir()
+	os.MkdirAll(filepath.Join(app, "config"), 0o755)
+	os.WriteFile(filepath.Join(app, "config", "config_fed_client.json"), []byte(`{"format_version": 2, "executors": []}`), 0o644)
+	if err := srv.ServeAppTo(app, "testapp"); err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := serveOn(t, srv)
+	defer srv.Stop()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fl, ac := fedlearn.NewFederatedTrainingClient(conn), admin.NewAdminCommunicatingClient(conn)
+	for i := 0; i < 50; i++ {
+		reg, err := fl.Register(context.Background(), &fedlearn.ClientLogin{ClientName: "site-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ac.Retrieve(context.Background(), &admin.Client{ClientName: reg.Token}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q := &srv.admin
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.polled) != 1 || len(q.served) != 1 || len(q.sent) > 3 || len(q.pending) > 1 {
+		t.Fatalf("after 50 registrations the queue holds %d polled, %d served, %d sent, %d pending tokens", len(q.polled), len(q.served), len(q.sent), len(q.pending))
+	}
 }

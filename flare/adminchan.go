@@ -264,6 +264,28 @@ func (q *adminQueue) reply(token string, m *admin.Message) {
 	}
 }
 
+// forget drops what the queue holds for a token the server no longer
+// knows (a client dropped, logged out or registered again): without it
+// every re-registration would leave its old token's entries behind.
+func (q *adminQueue) forget(token string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	delete(q.pending, token)
+	delete(q.polled, token)
+	delete(q.served, token)
+	prefix := token + "/"
+	for k := range q.sent {
+		if strings.HasPrefix(k, prefix) {
+			delete(q.sent, k)
+		}
+	}
+	for k := range q.waiters {
+		if strings.HasPrefix(k, prefix) {
+			delete(q.waiters, k)
+		}
+	}
+}
+
 // shutdownPolled queues a shutdown for every client that polls the
 // channel (a one-job server's clients, when the job is done).
 func (q *adminQueue) shutdownPolled(run string) {

@@ -563,7 +563,7 @@ func (s *Server) cmdShutdown(c *hci.Conn) {
 func (s *Server) removeClients(clients []*clientEntry) {
 	s.mu.Lock()
 	for _, cl := range clients {
-		delete(s.clients, cl.token)
+		s.forgetClient(cl.token)
 	}
 	s.notify()
 	s.mu.Unlock()

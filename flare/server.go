@@ -385,13 +385,20 @@ func (s *Server) gather(ctx context.Context, run *runState, r int) (*accumulator
 	}
 }
 
+// forgetClient forgets the client of token tok and what the admin channel
+// holds for it; s.mu must be held.
+func (s *Server) forgetClient(tok string) {
+	delete(s.clients, tok)
+	s.admin.forget(tok)
+}
+
 // dropDead forgets clients silent for longer than the heart-beat timeout;
 // s.mu must be held.
 func (s *Server) dropDead() {
 	for tok, c := range s.clients {
 		if time.Since(c.lastSeen) > s.HeartBeatTimeout {
 			s.logf("client %s: no heartbeat for %s, dropped", c.name, s.HeartBeatTimeout)
-			delete(s.clients, tok)
+			s.forgetClient(tok)
 			if r := s.run; r != nil && !r.finished && r.took[c.name] {
 				r.siteLost(c.name, fmt.Sprintf("no heartbeat for %s, dropped", s.HeartBeatTimeout))
 			}
@@ -506,7 +513,7 @@ func (s *Server) Register(ctx context.Context, req *fedlearn.ClientLogin) (*fedl
 	s.mu.Lock()
 	for t, c := range s.clients {
 		if c.name == req.ClientName {
-			delete(s.clients, t) // a restarted client takes a new token
+			s.forgetClient(t) // a restarted client takes a new token
 		}
 	}
 	if len(s.clients) >= maxClients {
@@ -560,7 +567,7 @@ func (s *Server) Quit(ctx context.Context, req *fedlearn.ClientState) (*fedlearn
 			r.siteLost(c.name, "left before the run ended")
 		}
 	}
-	delete(s.clients, req.Token)
+	s.forgetClient(req.Token)
 	s.notify()
 	s.mu.Unlock()
 	return &fedlearn.FederatedSummary{Comment: "Removed client"}, nil
