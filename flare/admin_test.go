@@ -120,7 +120,7 @@ func TestDeployAndStartThroughAdminChannel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.Logf, srv.EndGrace = t.Logf, time.Second
+	srv.Logf, srv.EndGrace = t.Logf, 10*time.Second // the client polls the admin channel once a second
 	app := t.TempDir()
 	os.MkdirAll(filepath.Join(app, "config"), 0o755)
 	os.WriteFile(filepath.Join(app, "config", "config_fed_client.json"), []byte(`{"format_version": 2, "executors": []}`), 0o644)

@@ -567,7 +567,8 @@ func TestServerSurvivesScriptedAttack(t *testing.T) {
 
 // The one-job server ends its run as NVFlare's does: a client that polls
 // the admin channel is told to shut down only after it fetched __end_run__
-// (NVFlare's client kills its training process on shutdown).
+// and its app reports stopped (NVFlare's client kills its training process
+// on shutdown, and talks to it while it exits).
 func TestEndRunFetchedBeforeShutdown(t *testing.T) {
 	p := &memPersistor{init: initModel()}
 	srv, _ := newTestServer(t, testServerConfig(1, 1, 0), p)
@@ -583,19 +584,40 @@ func TestEndRunFetchedBeforeShutdown(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var events []string
+	ended := false // the training process fetched __end_run__
 	note := func(e string) { mu.Lock(); events = append(events, e); mu.Unlock() }
 	pollDone := make(chan struct{})
 	go func() { // the parent process: polls the admin channel
 		defer close(pollDone)
+		asked := 0
 		for {
 			msgs, err := ac.Retrieve(context.Background(), &admin.Client{ClientName: reg.Token})
 			if err != nil {
 				return
 			}
 			for _, m := range msgs.GetMessage() {
-				note(m.Topic)
-				if m.Topic == TopicShutdown {
+				switch m.Topic {
+				case TopicShutdown:
+					note(m.Topic)
 					return
+				case TopicCheckStatus:
+					// The worker takes two more questions to exit after __end_run__.
+					mu.Lock()
+					status := "started"
+					if ended {
+						if asked++; asked > 2 {
+							status = "stopped"
+						}
+					}
+					mu.Unlock()
+					if status == "stopped" {
+						note(status)
+					}
+					body, _ := json.Marshal(map[string]string{"app_name": "app", "run_number": "1", "status": status})
+					ac.SendReply(context.Background(), &admin.Reply{ClientName: reg.Token, Message: &admin.Message{Id: newUUID(),
+						Topic: "reply_" + m.Topic, BodyType: "str", Body: body, Headers: map[string]string{"_refMsgId": m.Id}}})
+				default:
+					note(m.Topic)
 				}
 			}
 			time.Sleep(50 * time.Millisecond)
@@ -626,14 +648,17 @@ func TestEndRunFetchedBeforeShutdown(t *testing.T) {
 	if err != nil || end.TaskName != TaskEndRun {
 		t.Fatalf("after the last round: %v %v", end.GetTaskName(), err)
 	}
+	mu.Lock()
+	ended = true
+	mu.Unlock()
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	<-pollDone
 	mu.Lock()
 	defer mu.Unlock()
-	if strings.Join(events, " ") != "GetTask "+TopicShutdown {
-		t.Fatalf("events %v: shutdown must follow __end_run__", events)
+	if strings.Join(events, " ") != "GetTask stopped "+TopicShutdown {
+		t.Fatalf("events %v: shutdown must follow __end_run__ and the app's stop", events)
 	}
 }
 

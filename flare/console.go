@@ -259,6 +259,14 @@ func (s *Server) allClients() []*clientEntry {
 // request sends m to the clients and waits up to the console's timeout
 // for their replies; a client that did not answer has a nil reply.
 func (s *Server) request(clients []*clientEntry, m *admin.Message) []*admin.Message {
+	s.mu.Lock()
+	timeout := s.console.timeout
+	s.mu.Unlock()
+	return s.requestWithin(clients, m, timeout)
+}
+
+// requestWithin is request with its own timeout.
+func (s *Server) requestWithin(clients []*clientEntry, m *admin.Message, timeout time.Duration) []*admin.Message {
 	tokens := make([]string, len(clients))
 	for i, c := range clients {
 		tokens[i] = c.token
@@ -266,7 +274,7 @@ func (s *Server) request(clients []*clientEntry, m *admin.Message) []*admin.Mess
 	chans := s.admin.send(tokens, m)
 	defer s.admin.cancel(tokens, m)
 	s.mu.Lock()
-	ctx, timeout := s.ctx, s.console.timeout
+	ctx := s.ctx
 	s.mu.Unlock()
 	if ctx == nil {
 		ctx = context.Background()

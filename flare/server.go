@@ -3,6 +3,7 @@ package flare
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -423,11 +424,56 @@ func (s *Server) endRun(ctx context.Context, run *runState, grace time.Duration)
 	if err != nil {
 		return err
 	}
+	if err := s.waitAppsStopped(ctx, grace); err != nil {
+		return err
+	}
 	s.admin.shutdownPolled(s.runNumberString())
 	return s.waitClients(ctx, grace, "fetch the shutdown request", func(tok string, _ *clientEntry) bool {
 		polls, told := s.admin.delivered(tok, TopicShutdown)
 		return !polls || told
 	})
+}
+
+// waitAppsStopped asks the clients that poll the admin channel for their
+// status until none says its app still runs, or grace passes. NVFlare's
+// client ends a run in a worker process that takes about a second after
+// __end_run__ to exit; a shutdown arriving before makes the client talk to
+// a dying worker ("Process communication exception").
+func (s *Server) waitAppsStopped(ctx context.Context, grace time.Duration) error {
+	deadline := time.Now().Add(grace)
+	for {
+		var polling []*clientEntry
+		for _, c := range s.allClients() {
+			if polls, _ := s.admin.delivered(c.token, TopicShutdown); polls {
+				polling = append(polling, c)
+			}
+		}
+		if len(polling) == 0 {
+			return nil
+		}
+		replies := s.requestWithin(polling, newAdminMessage(TopicCheckStatus, s.runNumberString(), nil), min(2*time.Second, time.Until(deadline)))
+		var running []string
+		for i, c := range polling {
+			var st struct {
+				Status string `json:"status"`
+			}
+			if replies[i] == nil || json.Unmarshal(replies[i].Body, &st) != nil || st.Status == "started" || st.Status == "starting" {
+				running = append(running, c.name)
+			}
+		}
+		if len(running) == 0 {
+			return nil
+		}
+		if !time.Now().Before(deadline) {
+			s.logf("client(s) %s did not report their app stopped within %s", strings.Join(running, ", "), grace)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(min(200*time.Millisecond, time.Until(deadline))):
+		}
+	}
 }
 
 // waitClients waits until done holds for every live client (s.mu held
