@@ -313,3 +313,18 @@ func TestLoadSpecOversizedFileRefused(t *testing.T) {
 		t.Fatalf("err %v", err)
 	}
 }
+
+// A spec over the text bound says so, not "unexpected EOF".
+func TestReadSpecOverBoundSaysSo(t *testing.T) {
+	spec, err := PneumoniaSpec().Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := append([]byte(strings.Repeat(" ", maxSpecBytes)), spec...)
+	if _, err := ParseSpec(long); err == nil || !strings.Contains(err.Error(), "larger than 1048576 bytes") {
+		t.Fatalf("err %v", err)
+	}
+	if _, err := ParseSpec(spec); err != nil {
+		t.Fatal(err)
+	}
+}

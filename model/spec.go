@@ -65,10 +65,15 @@ const maxSpecBytes = 1 << 20
 
 // ReadSpec decodes and checks a JSON spec.
 func ReadSpec(r io.Reader) (*Spec, error) {
-	dec := json.NewDecoder(io.LimitReader(r, maxSpecBytes))
+	// One byte past the bound tells a long spec from a cut-off one.
+	lr := &io.LimitedReader{R: r, N: maxSpecBytes + 1}
+	dec := json.NewDecoder(lr)
 	dec.DisallowUnknownFields()
 	var s Spec
 	if err := dec.Decode(&s); err != nil {
+		if lr.N == 0 {
+			return nil, fmt.Errorf("model spec: larger than %d bytes", maxSpecBytes)
+		}
 		return nil, fmt.Errorf("model spec: %w", err)
 	}
 	if _, err := s.Shapes(); err != nil {
