@@ -173,6 +173,7 @@ type Server struct {
 	checks   chan struct{}
 	limiter  loginLimiter
 	quiet    logBudget
+	verify   func(hash, password string) bool // VerifyPassword where nil; tests count checks
 }
 
 // maxSessions bounds the live sessions.
@@ -661,8 +662,8 @@ func (s *Server) login(c *Conn) {
 	if known {
 		key = user
 	}
-	now := time.Now()
-	if wait, global := s.limiter.check(c.addr, key, now); wait > 0 {
+	at, wait, global := s.limiter.reserve(c.addr, key, time.Now())
+	if wait > 0 {
 		wait = wait.Round(time.Second) + time.Second
 		if global {
 			c.Error("too many failed logins on this console; try again in %v", wait)
@@ -681,6 +682,7 @@ func (s *Server) login(c *Conn) {
 		select {
 		case s.checks <- struct{}{}:
 		case <-wait.C:
+			s.limiter.release(at)
 			c.Error("the console is busy checking logins; try again")
 			return
 		}
@@ -688,19 +690,22 @@ func (s *Server) login(c *Conn) {
 	if !known {
 		hash = dummyHash() // the same work for a wrong name as for a wrong password
 	}
-	ok := VerifyPassword(hash, pwd) && known
+	verify := VerifyPassword
+	if s.verify != nil {
+		verify = s.verify
+	}
+	ok := verify(hash, pwd) && known
 	<-s.checks
 	if !ok {
-		n, locked := s.limiter.fail(c.addr, key, time.Now())
-		if locked {
-			s.strangerLogf("admin: login of %s from %s refused, %d failures in a row: locked for %v", logSafe(user, 80), c.addr, n, s.limiter.lockOut)
+		if at.locked {
+			s.strangerLogf("admin: login of %s from %s refused, %d failures in a row: locked for %v", logSafe(user, 80), c.addr, at.n, s.limiter.lockOut)
 		} else {
 			s.strangerLogf("admin: login of %s from %s refused", logSafe(user, 80), c.addr)
 		}
 		c.String("REJECT")
 		return
 	}
-	s.limiter.succeed(c.addr, key, time.Now())
+	s.limiter.succeed(at, time.Now())
 	s.newSession(c, user)
 }
 
