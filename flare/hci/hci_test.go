@@ -251,3 +251,14 @@ func TestClientKeepsReplyErrorOverWriteError(t *testing.T) {
 		})
 	}
 }
+
+// The audit log's summary of a command keeps its arguments apart and on
+// one line: spaced, quoted or escaped arguments are quoted, long ones
+// (uploaded data) cut to 80 bytes with their length.
+func TestAuditSummaryQuotedAndCut(t *testing.T) {
+	got := summary([]string{"set_run_number", "7", "a b", "x\nforged", `q"`, "", strings.Repeat("B", 1<<20)})
+	want := `set_run_number 7 "a b" "x\nforged" "q\"" "" "` + strings.Repeat("B", 80-2-len(`...(1048576 bytes)`)) + `...(1048576 bytes)"`
+	if got != want {
+		t.Fatalf("summary:\n got %q\nwant %q", got, want)
+	}
+}
