@@ -7,10 +7,11 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"sync"
 	"unicode/utf8"
+
+	"github.com/flarego/flarego/internal/logsafe"
 )
 
 // MaxNameBytes bounds a name a peer gives itself or its project. NVFlare's
@@ -45,36 +46,14 @@ const maxLogBytes = 200
 
 // LogSafe makes a peer-supplied string fit for a log line: control and
 // non-printable characters (newlines above all, which would forge log
-// lines) are escaped as Go does in quoted strings, and anything past
-// maxLogBytes is cut, saying how long the whole was.
+// lines) are escaped as Go does in quoted strings, and a string whose
+// escaped form is longer than maxLogBytes is cut, saying how long the
+// whole was.
 func LogSafe(s string) string { return escapeCut(s, maxLogBytes) }
 
 // escapeCut is LogSafe with its own bound: the result, the note of what
 // was cut included, is at most max bytes (max ≥ 32).
-func escapeCut(s string, max int) string {
-	const room = len("...(18446744073709551615 bytes)")
-	var b strings.Builder
-	for i, r := range s {
-		var part string
-		switch {
-		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
-			part = fmt.Sprintf(`\x%02x`, s[i])
-		case r == '\\':
-			part = `\\`
-		case strconv.IsPrint(r):
-			part = string(r)
-		default:
-			q := strconv.QuoteRune(r)
-			part = q[1 : len(q)-1]
-		}
-		if b.Len()+len(part) > max-room {
-			fmt.Fprintf(&b, "...(%d bytes)", len(s))
-			break
-		}
-		b.WriteString(part)
-	}
-	return b.String()
-}
+func escapeCut(s string, max int) string { return logsafe.Escape(s, max) }
 
 // logCut shortens a peer's string before it is quoted (%q, which escapes)
 // into a message.

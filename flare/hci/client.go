@@ -90,9 +90,18 @@ func (c *Client) Do(command string) (*Reply, error) {
 	}
 	msgs, err := ReadReply(nc, limit)
 	if err != nil {
-		nc.Close()
-		if werr := <-wrote; werr != nil {
-			err = werr
+		// A write that failed before the read did says why the reply was
+		// cut (the server went away mid-request); one still going fails
+		// only because of the Close, and would hide the read's reason
+		// (a reply too large, a protocol error).
+		select {
+		case werr := <-wrote:
+			if werr != nil {
+				err = fmt.Errorf("sending the request: %w; reading the reply: %w", werr, err)
+			}
+		default:
+			nc.Close()
+			<-wrote
 		}
 		return nil, fmt.Errorf("admin server %s: %w", c.Addr, err)
 	}

@@ -3,6 +3,7 @@ package hci
 import (
 	"bytes"
 	"crypto/tls"
+	"errors"
 	"net"
 	"reflect"
 	"strings"
@@ -210,5 +211,54 @@ func TestCertificateLogin(t *testing.T) {
 	}
 	if err := client(dir+"/r.crt", dir+"/r.key").CertLogin("admin@example.org"); err == nil {
 		t.Fatal("a certificate from a foreign CA logged in")
+	}
+}
+
+// A reply that fails to read while the request is still being written
+// used to be reported as the write's error, which the client's own Close
+// causes ("use of closed network connection"): the read's reason is kept.
+func TestClientKeepsReplyErrorOverWriteError(t *testing.T) {
+	for _, tc := range []struct {
+		name, reply, want string
+		is                error
+	}{
+		{"too large", strings.Repeat("x", 8<<10), "larger than 1024 bytes", ErrTooLarge},
+		{"not JSON", "not json\x03\x04", "reply line 1", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer lis.Close()
+			release := make(chan struct{})
+			defer close(release)
+			go func() {
+				nc, err := lis.Accept()
+				if err != nil {
+					return
+				}
+				defer nc.Close()
+				nc.Write([]byte(tc.reply)) // and never read the request
+				<-release
+			}()
+			c := &Client{Addr: lis.Addr().String(), MaxReply: 1024, Timeout: 10 * time.Second}
+			_, err = c.Do("big " + strings.Repeat("A", 16<<20))
+			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "closed network connection") ||
+				(tc.is != nil && !errors.Is(err, tc.is)) {
+				t.Fatalf("got %v, want the reply's error %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// The audit log's summary of a command keeps its arguments apart and on
+// one line: spaced, quoted or escaped arguments are quoted, long ones
+// (uploaded data) cut to 80 bytes with their length.
+func TestAuditSummaryQuotedAndCut(t *testing.T) {
+	got := summary([]string{"set_run_number", "7", "a b", "x\nforged", `q"`, "", strings.Repeat("B", 1<<20)})
+	want := `set_run_number 7 "a b" "x\nforged" "q\"" "" "` + strings.Repeat("B", 80-2-len(`...(1048576 bytes)`)) + `...(1048576 bytes)"`
+	if got != want {
+		t.Fatalf("summary:\n got %q\nwant %q", got, want)
 	}
 }

@@ -282,6 +282,92 @@ func TestLoginGlobalBudget(t *testing.T) {
 	}
 }
 
+// Logins sent at once used to pass the limiter together and only then
+// wait for a password-check slot, so 30 wrong passwords from one address
+// were all checked where the lock-out allows 5: now each counts as a
+// failure before it waits, and the rest are refused as locked out.
+func TestConcurrentLoginsCannotOutrunLockOut(t *testing.T) {
+	var checked atomic.Int32
+	s := &Server{verify: func(hash, pwd string) bool {
+		checked.Add(1)
+		time.Sleep(50 * time.Millisecond) // keep the slots busy while the others arrive
+		return VerifyPassword(hash, pwd)
+	}}
+	_, addr := limitServer(t, s)
+	const n = 30
+	texts := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			texts[i], _ = loginFrom(t, "", addr, "admin", fmt.Sprintf("guess%d", i))
+		}()
+	}
+	wg.Wait()
+	rejected, locked := 0, 0
+	for i, text := range texts {
+		switch {
+		case text == "REJECT":
+			rejected++
+		case strings.Contains(text, "too many failed logins for admin from 127.0.0.1"):
+			locked++
+		default:
+			t.Fatalf("attempt %d: %q", i, text)
+		}
+	}
+	if got := checked.Load(); got > DefaultMaxLoginFailures || rejected != DefaultMaxLoginFailures || locked != n-DefaultMaxLoginFailures {
+		t.Fatalf("%d passwords checked, %d rejected, %d locked out; want %d checked and rejected", got, rejected, locked, DefaultMaxLoginFailures)
+	}
+	if text, tok := loginFrom(t, "", addr, "admin", "admin"); tok != "" || !strings.Contains(text, "too many failed logins") {
+		t.Fatalf("the right password after the burst: %q", text)
+	}
+}
+
+// The same for the global budget: wrong passwords sent at once from many
+// addresses get no more checks than FailuresPerMin, and a right password
+// that was checked gives its share back.
+func TestConcurrentLoginsCannotOutrunGlobalBudget(t *testing.T) {
+	var checked atomic.Int32
+	s := &Server{MaxLoginFailures: 100, FailuresPerMin: 5, verify: func(hash, pwd string) bool {
+		checked.Add(1)
+		time.Sleep(50 * time.Millisecond)
+		return VerifyPassword(hash, pwd)
+	}}
+	_, addr := limitServer(t, s)
+	if _, tok := loginFrom(t, "127.0.0.9", addr, "admin", "admin"); tok == "" {
+		t.Fatal("first login")
+	}
+	const n = 20
+	texts := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			texts[i], _ = loginFrom(t, fmt.Sprintf("127.0.3.%d", i+1), addr, "admin", "wrong")
+		}()
+	}
+	wg.Wait()
+	rejected, refused := 0, 0
+	for i, text := range texts {
+		switch {
+		case text == "REJECT":
+			rejected++
+		case strings.Contains(text, "too many failed logins on this console"):
+			refused++
+		default:
+			t.Fatalf("attempt %d: %q", i, text)
+		}
+	}
+	if got := checked.Load() - 1; got > 5 || rejected != 5 || refused != n-5 {
+		t.Fatalf("%d passwords checked, %d rejected, %d refused; want 5 checked and rejected", got, rejected, refused)
+	}
+	if text, tok := loginFrom(t, "127.0.0.9", addr, "admin", "admin"); tok == "" {
+		t.Fatalf("an address that logged in before, past the budget: %q", text)
+	}
+}
+
 // flakyListener fails its first Accepts as a process out of file
 // descriptors does.
 type flakyListener struct {
@@ -343,3 +429,34 @@ type brokenListener struct{ net.Listener }
 
 func (brokenListener) Accept() (net.Conn, error) { return nil, errBroken }
 func (brokenListener) Close() error              { return nil }
+
+// An attempt whose password was never checked (the console was busy)
+// gives back its failure and its share of the global budget; one that
+// proved right forgets the failures.
+func TestLoginReservationGivenBack(t *testing.T) {
+	l := &loginLimiter{max: 2, lockOut: time.Minute, perMin: 3}
+	now := time.Now()
+	first, wait, _ := l.reserve("a", "u", now)
+	if wait != 0 {
+		t.Fatal("first attempt refused")
+	}
+	second, wait, _ := l.reserve("a", "u", now)
+	if wait != 0 || !second.locked {
+		t.Fatalf("second attempt: wait %v, locked %v", wait, second.locked)
+	}
+	if _, wait, _ := l.reserve("a", "u", now); wait == 0 {
+		t.Fatal("a third attempt while two are pending")
+	}
+	l.release(second)
+	if l.tokens != 2 || l.fails[limitKey{"a", "u"}].n != 1 {
+		t.Fatalf("after release: %v tokens, %d failures", l.tokens, l.fails[limitKey{"a", "u"}].n)
+	}
+	third, wait, _ := l.reserve("a", "u", now)
+	if wait != 0 || !third.locked {
+		t.Fatalf("after release: wait %v, locked %v", wait, third.locked)
+	}
+	l.succeed(first, now)
+	if l.tokens != 2 || l.fails[limitKey{"a", "u"}] != nil {
+		t.Fatalf("after success: %v tokens, %+v", l.tokens, l.fails)
+	}
+}

@@ -13,12 +13,12 @@ import (
 	"io"
 	"net"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
-	"unicode"
+
+	"github.com/flarego/flarego/internal/logsafe"
 )
 
 // Password hashes are NVFlare's: 64 hex characters of salt, then the hex
@@ -173,6 +173,7 @@ type Server struct {
 	checks   chan struct{}
 	limiter  loginLimiter
 	quiet    logBudget
+	verify   func(hash, password string) bool // VerifyPassword where nil; tests count checks
 }
 
 // maxSessions bounds the live sessions.
@@ -411,7 +412,8 @@ func (s *Server) serveConn(t *tracked) {
 	}
 	s.doneReading(t)
 	if err != nil {
-		s.strangerLogf("admin: request from %s: %v", nc.RemoteAddr(), err)
+		// The error may quote the request.
+		s.strangerLogf("admin: request from %s: %s", nc.RemoteAddr(), logsafe.Escape(err.Error(), 200))
 		c.Error("protocol violation: %v", err)
 		if errors.Is(err, ErrTooLarge) {
 			// The peer may still be sending: closing now would reset the
@@ -570,7 +572,7 @@ func (s *Server) handle(c *Conn, req *Message) {
 		} else {
 			c.Error("not authenticated - no user")
 		}
-		s.strangerLogf("admin: unauthenticated command %s from %s refused", logSafe(args[0], 80), c.addr)
+		s.strangerLogf("admin: unauthenticated command %s from %s refused", logsafe.Quote(args[0], 80), c.addr)
 		return
 	}
 	c.User = user
@@ -579,31 +581,18 @@ func (s *Server) handle(c *Conn, req *Message) {
 		c.Error("%v", err)
 		return
 	}
-	s.logf("admin: %s: %s", logSafe(user, 200), summary(args))
+	s.logf("admin: %s: %s", logsafe.Quote(user, 200), summary(args))
 	cmd.Handler(c)
 }
 
 // summary is a command for the audit log: long arguments (uploaded data)
-// are cut, odd ones quoted.
+// are cut, odd ones quoted, so that the arguments stay apart.
 func summary(args []string) string {
 	out := make([]string, len(args))
 	for i, a := range args {
-		out[i] = logSafe(a, 80)
+		out[i] = logsafe.Quote(a, 80)
 	}
 	return strings.Join(out, " ")
-}
-
-// logSafe is a peer's text as it may go into a log line: as it is when it
-// is short printable text without spaces, else quoted (a newline cannot
-// start a forged line) and, past max bytes, only its length.
-func logSafe(a string, max int) string {
-	if len(a) > max {
-		return fmt.Sprintf("<%d bytes>", len(a))
-	}
-	if a == "" || strings.ContainsFunc(a, func(r rune) bool { return r == ' ' || r == '"' || !unicode.IsPrint(r) }) {
-		return strconv.Quote(a)
-	}
-	return a
 }
 
 func (s *Server) lookup(name string) (*Command, error) {
@@ -661,13 +650,13 @@ func (s *Server) login(c *Conn) {
 	if known {
 		key = user
 	}
-	now := time.Now()
-	if wait, global := s.limiter.check(c.addr, key, now); wait > 0 {
+	at, wait, global := s.limiter.reserve(c.addr, key, time.Now())
+	if wait > 0 {
 		wait = wait.Round(time.Second) + time.Second
 		if global {
 			c.Error("too many failed logins on this console; try again in %v", wait)
 		} else {
-			c.Error("too many failed logins for %s from %s; try again in %v", logSafe(user, 80), c.addr, wait)
+			c.Error("too many failed logins for %s from %s; try again in %v", logsafe.Quote(user, 80), c.addr, wait)
 		}
 		return
 	}
@@ -681,6 +670,7 @@ func (s *Server) login(c *Conn) {
 		select {
 		case s.checks <- struct{}{}:
 		case <-wait.C:
+			s.limiter.release(at)
 			c.Error("the console is busy checking logins; try again")
 			return
 		}
@@ -688,19 +678,22 @@ func (s *Server) login(c *Conn) {
 	if !known {
 		hash = dummyHash() // the same work for a wrong name as for a wrong password
 	}
-	ok := VerifyPassword(hash, pwd) && known
+	verify := VerifyPassword
+	if s.verify != nil {
+		verify = s.verify
+	}
+	ok := verify(hash, pwd) && known
 	<-s.checks
 	if !ok {
-		n, locked := s.limiter.fail(c.addr, key, time.Now())
-		if locked {
-			s.strangerLogf("admin: login of %s from %s refused, %d failures in a row: locked for %v", logSafe(user, 80), c.addr, n, s.limiter.lockOut)
+		if at.locked {
+			s.strangerLogf("admin: login of %s from %s refused, %d failures in a row: locked for %v", logsafe.Quote(user, 80), c.addr, at.n, s.limiter.lockOut)
 		} else {
-			s.strangerLogf("admin: login of %s from %s refused", logSafe(user, 80), c.addr)
+			s.strangerLogf("admin: login of %s from %s refused", logsafe.Quote(user, 80), c.addr)
 		}
 		c.String("REJECT")
 		return
 	}
-	s.limiter.succeed(c.addr, key, time.Now())
+	s.limiter.succeed(at, time.Now())
 	s.newSession(c, user)
 }
 
@@ -714,7 +707,7 @@ var dummyHash = sync.OnceValue(func() string {
 
 func (s *Server) certLogin(c *Conn) {
 	if len(c.Args) != 2 || c.CN == "" || c.Args[1] != c.CN {
-		s.strangerLogf("admin: certificate login refused (user %s, certificate %s)", logSafe(strings.Join(c.Args[1:], " "), 80), logSafe(c.CN, 80))
+		s.strangerLogf("admin: certificate login refused (user %s, certificate %s)", logsafe.Quote(strings.Join(c.Args[1:], " "), 80), logsafe.Quote(c.CN, 80))
 		c.String("REJECT")
 		return
 	}
@@ -744,7 +737,7 @@ func (s *Server) newSession(c *Conn, user string) {
 	}
 	s.sessions[tok] = &session{user: user, addr: c.addr, last: time.Now()}
 	s.mu.Unlock()
-	s.logf("admin: %s logged in from %s", logSafe(user, 200), c.addr)
+	s.logf("admin: %s logged in from %s", logsafe.Quote(user, 200), c.addr)
 	c.String("OK")
 	c.add(TypeToken, tok)
 }
