@@ -212,7 +212,7 @@ func (g *uploadGate) acquire(ctx context.Context, info *tap.Info) (context.Conte
 			return ctx, status.Error(codes.Unauthenticated, "unknown token: register again")
 		}
 		if !g.take(tok, pool) {
-			return ctx, status.Errorf(codes.ResourceExhausted, "this client has %d calls of this kind open already", perTokenSlots)
+			return ctx, status.Errorf(codes.Unavailable, "this client has %d calls of this kind open already; try again when one ends", perTokenSlots)
 		}
 		anon = false
 	}

@@ -63,3 +63,22 @@ func TestGateSlotFreedWhenStreamEndsWithoutEnd(t *testing.T) {
 		}
 	}
 }
+
+// A client over its per-token share is told Unavailable, which the client
+// retries, not ResourceExhausted, which it took as the end.
+func TestPerTokenLimitIsRetried(t *testing.T) {
+	g := newUploadGate(submitSlots)
+	g.known = func(string) bool { return true }
+	md := metadata.Pairs(tokenHeader, "tok")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := 0; i < perTokenSlots; i++ {
+		if _, err := g.acquire(ctx, &tap.Info{FullMethodName: getTaskMethod, Header: md}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := g.acquire(ctx, &tap.Info{FullMethodName: getTaskMethod, Header: md})
+	if status.Code(err) != codes.Unavailable || !transient(err) {
+		t.Fatalf("call over the per-token share: %v (retried: %v)", err, transient(err))
+	}
+}
