@@ -196,3 +196,27 @@ func TestAdminQueueForgetsOldTokens(t *testing.T) {
 		t.Fatalf("after 50 registrations the queue holds %d polled, %d served, %d sent, %d pending tokens", len(q.polled), len(q.served), len(q.sent), len(q.pending))
 	}
 }
+
+// A request in flight when its client is forgotten (dropped, registered
+// again) leaves no key behind once the request ends.
+func TestAdminQueueCancelAfterForgetLeavesNoKey(t *testing.T) {
+	var q adminQueue
+	m := newAdminMessage(TopicCheckStatus, "1", nil)
+	q.send([]string{"old", "live"}, m)
+	other := newAdminMessage(TopicCheckStatus, "1", nil)
+	q.send([]string{"live"}, other)
+	q.forget("old")
+	q.cancel([]string{"old", "live"}, m)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, ok := q.pending["old"]; ok {
+		t.Error("the forgotten token is a key of pending again")
+	}
+	if got := q.pending["live"]; len(got) != 1 || got[0] != other {
+		t.Errorf("the live token's other request: %v", got)
+	}
+	q.cancel([]string{"live"}, other)
+	if len(q.pending) != 0 || len(q.waiters) != 0 {
+		t.Errorf("after every request ended: %d pending, %d waiters", len(q.pending), len(q.waiters))
+	}
+}

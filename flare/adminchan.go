@@ -250,6 +250,12 @@ func (q *adminQueue) cancel(tokens []string, m *admin.Message) {
 				msgs = append(msgs, p)
 			}
 		}
+		if len(msgs) == 0 {
+			// A token forgotten while the request was in flight, or one
+			// with nothing else queued: keep no key for it.
+			delete(q.pending, tok)
+			continue
+		}
 		q.pending[tok] = msgs
 	}
 }

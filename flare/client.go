@@ -502,7 +502,7 @@ func (c *Client) runTask(ctx context.Context, task *fedlearn.CurrentTask) error 
 			// only EXECUTION_EXCEPTION. An extra header is one more dict
 			// entry to NVFlare's server, which reads only the ones it knows.
 			why := taskErrorText(err)
-			c.logf("client %s: task %s failed: %s", c.Name, task.TaskName, why)
+			c.logf("client %s: task %s failed: %s", c.Name, strconv.Quote(logCut(task.TaskName)), why)
 			result.SetHeader(HeaderRC, RCExecutionException)
 			result.SetHeader(HeaderTaskError, why)
 		default:

@@ -3,8 +3,10 @@ package flare
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/stats"
@@ -37,6 +39,8 @@ import (
 //   - every call must deliver its request within a receive deadline, or
 //     it is cancelled and its slot freed (a silent stream no longer keeps
 //     it forever);
+//   - a call to a method the server does not serve is refused as
+//     Unimplemented and takes no slot;
 //   - a call that finds no slot within gateWait is refused as Unavailable
 //     (clients retry), not queued without end.
 type uploadGate struct {
@@ -100,9 +104,24 @@ type gateTicket struct {
 	deadline *time.Timer // cancels the call if its request does not arrive in time
 	conn     *limitConn  // its connection, whose read credit it raised
 	large    int64       // the credit to take back at the end (SubmitUpdate)
+	// got is set once the request arrived: from then on the call is in
+	// gRPC's method handling, which always ends with stats.End.
+	got atomic.Bool
 }
 
-func (t *gateTicket) received() { t.deadline.Stop() }
+func (t *gateTicket) received() { t.got.Store(true); t.deadline.Stop() }
+
+// streamEnded frees the slot of a stream that ended before its request
+// arrived. gRPC sends stats.End only for calls that reached a method
+// handler; a stream it drops before (or one cancelled while it waits for
+// its request) would otherwise hold its slot for good. A call whose request
+// arrived keeps its slot until stats.End: its handler may still be
+// decoding it after the peer went away.
+func (t *gateTicket) streamEnded() {
+	if !t.got.Load() {
+		t.release()
+	}
+}
 
 func (t *gateTicket) release() {
 	t.once.Do(func() {
@@ -143,6 +162,22 @@ func (g *uploadGate) untake(token string, pool *gatePool) {
 	}
 }
 
+// servedMethods are the methods the server has handlers for. A call to
+// any other is answered Unimplemented by gRPC without a handler, hence
+// without stats.End: the gate refuses it before it takes a slot.
+var servedMethods = func() map[string]bool {
+	m := map[string]bool{}
+	for _, d := range []grpc.ServiceDesc{fedlearn.FederatedTraining_ServiceDesc, admin.AdminCommunicating_ServiceDesc} {
+		for _, md := range d.Methods {
+			m["/"+d.ServiceName+"/"+md.MethodName] = true
+		}
+		for _, sd := range d.Streams {
+			m["/"+d.ServiceName+"/"+sd.StreamName] = true
+		}
+	}
+	return m
+}()
+
 var (
 	submitMethod    = "/" + fedlearn.FederatedTraining_ServiceDesc.ServiceName + "/SubmitUpdate"
 	getTaskMethod   = "/" + fedlearn.FederatedTraining_ServiceDesc.ServiceName + "/GetTask"
@@ -159,6 +194,9 @@ func metadataToken(md metadata.MD) string {
 }
 
 func (g *uploadGate) acquire(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if !servedMethods[info.FullMethodName] {
+		return ctx, status.Errorf(codes.Unimplemented, "unknown method %s", LogSafe(info.FullMethodName))
+	}
 	pool, recv, limit := &g.other, g.smallRecv, int64(maxSmallRequestBytes)
 	switch info.FullMethodName {
 	case submitMethod:
@@ -174,7 +212,7 @@ func (g *uploadGate) acquire(ctx context.Context, info *tap.Info) (context.Conte
 			return ctx, status.Error(codes.Unauthenticated, "unknown token: register again")
 		}
 		if !g.take(tok, pool) {
-			return ctx, status.Errorf(codes.ResourceExhausted, "this client has %d calls of this kind open already", perTokenSlots)
+			return ctx, status.Errorf(codes.Unavailable, "this client has %d calls of this kind open already; try again when one ends", perTokenSlots)
 		}
 		anon = false
 	}
@@ -215,6 +253,7 @@ func (g *uploadGate) acquire(ctx context.Context, info *tap.Info) (context.Conte
 			t.large = limit
 		}
 	}
+	context.AfterFunc(ctx, t.streamEnded)
 	return context.WithValue(ctx, gateKey{}, t), nil
 }
 

@@ -550,8 +550,8 @@ func (s *Server) Register(ctx context.Context, req *fedlearn.ClientLogin) (*fedl
 	if p, ok := grpcpeer.FromContext(ctx); ok {
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
 			if cn := ti.State.PeerCertificates[0].Subject.CommonName; cn != req.ClientName {
-				s.logf("refused registration of %s with a certificate for %q", req.ClientName, LogSafe(cn))
-				return nil, status.Errorf(codes.PermissionDenied, "client name %q does not match its certificate (%q)", req.ClientName, LogSafe(cn))
+				s.logf("refused registration of %s with a certificate for %q", req.ClientName, logCut(cn))
+				return nil, status.Errorf(codes.PermissionDenied, "client name %q does not match its certificate (%q)", req.ClientName, logCut(cn))
 			}
 		}
 	}
