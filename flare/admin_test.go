@@ -208,14 +208,16 @@ func TestAdminQueueCancelAfterForgetLeavesNoKey(t *testing.T) {
 	q.forget("old")
 	q.cancel([]string{"old", "live"}, m)
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	if _, ok := q.pending["old"]; ok {
 		t.Error("the forgotten token is a key of pending again")
 	}
 	if got := q.pending["live"]; len(got) != 1 || got[0] != other {
 		t.Errorf("the live token's other request: %v", got)
 	}
+	q.mu.Unlock()
 	q.cancel([]string{"live"}, other)
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	if len(q.pending) != 0 || len(q.waiters) != 0 {
 		t.Errorf("after every request ended: %d pending, %d waiters", len(q.pending), len(q.waiters))
 	}
