@@ -210,7 +210,7 @@ func TestFailedTaskReasonSentToServer(t *testing.T) {
 	if got := sh.HeaderString(HeaderTaskError); sh.ReturnCode() != RCExecutionException || got != want {
 		t.Fatalf("result rc %s, task_error %q; want %s, %q", sh.ReturnCode(), got, RCExecutionException, want)
 	}
-	if logs.count("task train failed: "+want) != 1 {
+	if logs.count(`task "train" failed: `+want) != 1 {
 		t.Fatalf("the site did not log the reason")
 	}
 }
