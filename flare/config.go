@@ -3,14 +3,15 @@ package flare
 import (
 	"encoding/json"
 	"fmt"
-	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
 	"slices"
 	"sort"
 	"strings"
-	"syscall"
+
+	"github.com/flarego/flarego/persistor"
 )
 
 // Component is one entry of an NVFlare job config: an id, the Python path
@@ -59,6 +60,14 @@ type ScatterAndGatherArgs struct {
 	ShareableGeneratorID     string  `json:"shareable_generator_id"`
 	TrainTaskName            string  `json:"train_task_name"`
 	TrainTimeout             float64 `json:"train_timeout"`
+
+	// WorkflowID is the workflow's id in the config (the tasks' cookie).
+	WorkflowID string `json:"-"`
+	// FedAvg is set for NVFlare's FedAvg controller (see fedAvg): no
+	// aggregator or shareable generator components, every result of a
+	// round waited for, AggregationWeights by site.
+	FedAvg             bool               `json:"-"`
+	AggregationWeights map[string]float64 `json:"-"`
 }
 
 // AggregatorArgs are InTimeAccumulateWeightedAggregator's arguments.
@@ -76,34 +85,14 @@ type Job struct {
 const maxConfigBytes = 1 << 20
 
 func readJSON(path string, v any) error {
-	f, err := openRegular(path)
+	b, err := persistor.ReadRegular(path, maxConfigBytes, "a configuration file (a few KiB)")
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	dec := json.NewDecoder(io.LimitReader(f, maxConfigBytes))
-	if err := dec.Decode(v); err != nil {
+	if err := json.Unmarshal(b, v); err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
-}
-
-// openRegular opens path if it is a regular file: a named pipe would block
-// the open until a writer comes, so it is opened without blocking and its
-// type checked before any read.
-func openRegular(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
-	}
-	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-		f.Close()
-		if err == nil {
-			err = fmt.Errorf("%s is not a regular file", path)
-		}
-		return nil, err
-	}
-	return f, nil
 }
 
 // LoadJob reads an app folder's config/config_fed_server.json and
@@ -147,6 +136,12 @@ func (c *ServerConfig) ScatterAndGather() (*ScatterAndGatherArgs, error) {
 	if len(c.Workflows) == 0 {
 		return nil, fmt.Errorf("config_fed_server.json has no workflow")
 	}
+	if isFedAvg(c.Workflows[0].Path) {
+		for _, w := range c.Workflows[1:] {
+			return nil, fmt.Errorf("workflow %s after FedAvg: %w", w.ID, ErrNotImplemented)
+		}
+		return c.fedAvg()
+	}
 	for i, w := range c.Workflows {
 		switch {
 		case i == 0 && isScatterAndGather(w.Path):
@@ -169,8 +164,86 @@ func (c *ServerConfig) ScatterAndGather() (*ScatterAndGatherArgs, error) {
 	if a.MinClients < 1 || a.NumRounds < 1 || a.StartRound < 0 || a.StartRound > a.NumRounds || a.WaitTimeAfterMinReceived < 0 {
 		return nil, fmt.Errorf("workflow %s: bad min_clients/num_rounds/start_round/wait time", w.ID)
 	}
+	a.WorkflowID = w.ID
 	return a, nil
 }
+
+// fedAvgArgs are the arguments of NVFlare 2.5+'s FedAvg controller (what
+// the Recipe API's FedAvg recipes export), with NVFlare's defaults.
+type fedAvgArgs struct {
+	NumClients         *int               `json:"num_clients"`
+	NumRounds          *int               `json:"num_rounds"`
+	StartRound         int                `json:"start_round"`
+	PersistorID        string             `json:"persistor_id"`
+	TaskName           string             `json:"task_name"`
+	AggregationWeights map[string]float64 `json:"aggregation_weights"`
+	// Not implemented when set: the initial model as an argument, a custom
+	// aggregator, early stopping, excluded variables, a result policy.
+	Model             json.RawMessage `json:"model"`
+	Aggregator        json.RawMessage `json:"aggregator"`
+	StopCond          json.RawMessage `json:"stop_cond"`
+	Patience          json.RawMessage `json:"patience"`
+	ExcludeVars       json.RawMessage `json:"exclude_vars"`
+	IgnoreResultError json.RawMessage `json:"ignore_result_error"`
+	// Taken and without effect here.
+	SaveFilename            string  `json:"save_filename"`
+	MemoryGCRounds          int     `json:"memory_gc_rounds"`
+	TaskCheckPeriod         float64 `json:"task_check_period"`
+	AllowEmptyGlobalWeights bool    `json:"allow_empty_global_weights"`
+	EnableTensorDiskOffload bool    `json:"enable_tensor_disk_offload"`
+}
+
+// fedAvg maps NVFlare's FedAvg onto the rounds the runtime runs: each
+// round the model goes to every site of the job (flarego does not sample
+// num_clients of them; num_clients is the fewest results a round needs),
+// every live site's result is waited for, and the mean is weighted by the
+// site's aggregation weight (default 1) times its NUM_STEPS_CURRENT_ROUND
+// (default 1); the persistor saves the model every round.
+func (c *ServerConfig) fedAvg() (*ScatterAndGatherArgs, error) {
+	w := c.Workflows[0]
+	var a fedAvgArgs
+	if len(w.Args) > 0 {
+		dec := json.NewDecoder(strings.NewReader(string(w.Args)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&a); err != nil {
+			return nil, fmt.Errorf("workflow %s (FedAvg) args: %w", w.ID, err)
+		}
+	}
+	for name, raw := range map[string]json.RawMessage{"model": a.Model, "aggregator": a.Aggregator, "stop_cond": a.StopCond,
+		"patience": a.Patience, "exclude_vars": a.ExcludeVars, "ignore_result_error": a.IgnoreResultError} {
+		if len(raw) > 0 && string(raw) != "null" {
+			return nil, fmt.Errorf("workflow %s (FedAvg): argument %s: %w (give the initial model to the persistor)", w.ID, name, ErrNotImplemented)
+		}
+	}
+	out := &ScatterAndGatherArgs{MinClients: 3, NumRounds: 5, StartRound: a.StartRound, PersistorID: a.PersistorID,
+		TrainTaskName: a.TaskName, WorkflowID: w.ID, FedAvg: true, AggregationWeights: a.AggregationWeights}
+	if a.NumClients != nil {
+		out.MinClients = *a.NumClients
+	}
+	if a.NumRounds != nil {
+		out.NumRounds = *a.NumRounds
+	}
+	if out.PersistorID == "" {
+		out.PersistorID = "persistor"
+	}
+	if out.TrainTaskName == "" {
+		out.TrainTaskName = "train"
+	}
+	for site, wt := range a.AggregationWeights {
+		if math.IsNaN(wt) || math.IsInf(wt, 0) || wt <= 0 || wt > 1e6 {
+			return nil, fmt.Errorf("workflow %s (FedAvg): aggregation weight %v of %s (more than 0, at most 1e6)", w.ID, wt, LogSafe(site))
+		}
+	}
+	if out.MinClients < 1 || out.NumRounds < 1 || out.StartRound < 0 || out.NumRounds > 1<<20 {
+		return nil, fmt.Errorf("workflow %s (FedAvg): bad num_clients/num_rounds/start_round", w.ID)
+	}
+	// The runtime counts rounds up to NumRounds; FedAvg runs num_rounds
+	// rounds from start_round.
+	out.NumRounds += out.StartRound
+	return out, nil
+}
+
+func isFedAvg(path string) bool { return path == PathFedAvg || path == "FedAvg" }
 
 func isScatterAndGather(path string) bool {
 	return path == PathScatterAndGather || path == "ScatterAndGather"
@@ -304,4 +377,90 @@ func (c *ServerConfig) CrossSiteModelEval() (*CrossSiteArgs, error) {
 		return a, nil
 	}
 	return nil, nil
+}
+
+// The --set keys NVFlare's server_train and client_train take for
+// themselves (the startup, not the job); a server's other keys are
+// workflow arguments.
+var (
+	serverSetKeys = []string{"secure_train", "config_folder"}
+	clientSetKeys = []string{"uid", "secure_train", "config_folder", "org"}
+)
+
+// ServerSetKeys are the --set keys a server takes for itself:
+// secure_train, config_folder.
+func ServerSetKeys() []string { return slices.Clone(serverSetKeys) }
+
+// ClientSetKeys are the --set keys a client takes: uid, secure_train,
+// config_folder.
+func ClientSetKeys() []string { return slices.Clone(clientSetKeys) }
+
+// ParseSets reads NVFlare's --set words, each key=value, into a map (a
+// later word for a key wins). A word without "=" is an error.
+func ParseSets(words []string) (map[string]string, error) {
+	sets := map[string]string{}
+	for _, s := range words {
+		k, v, ok := strings.Cut(s, "=")
+		if !ok {
+			return nil, fmt.Errorf("%q is not key=value", s)
+		}
+		sets[k] = v
+	}
+	return sets, nil
+}
+
+// SetWorkflowArgs applies --set key=value words to the workflows'
+// arguments, in order, as SetWorkflowArg does (e.g.
+// wait_time_after_min_received=0); the first that fails stops it.
+func (c *ServerConfig) SetWorkflowArgs(words []string) error {
+	for _, s := range words {
+		k, v, ok := strings.Cut(s, "=")
+		if !ok {
+			return fmt.Errorf("--set %q is not key=value", s)
+		}
+		if err := c.SetWorkflowArg(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// CheckSetKeys refuses --set keys that are neither one of own (a command's
+// startup keys) nor a workflow argument, naming both lists, so that a
+// misspelt key fails before anything starts.
+func CheckSetKeys(sets map[string]string, own ...string) error {
+	for k := range sets {
+		if !slices.Contains(own, k) && !slices.Contains(WorkflowArgKeys(), k) {
+			return fmt.Errorf("--set %s: unknown key (known: %s; workflow arguments: %s)", k,
+				strings.Join(own, ", "), strings.Join(WorkflowArgKeys(), ", "))
+		}
+	}
+	return nil
+}
+
+// ServerSets checks a server's --set pairs (CheckSetKeys with
+// ServerSetKeys) and returns those that are workflow arguments, as
+// key=value words for SetWorkflowArgs on each job the server runs.
+func ServerSets(sets map[string]string) (workflow []string, err error) {
+	if err := CheckSetKeys(sets, serverSetKeys...); err != nil {
+		return nil, err
+	}
+	for k, v := range sets {
+		if !slices.Contains(serverSetKeys, k) {
+			workflow = append(workflow, k+"="+v)
+		}
+	}
+	sort.Strings(workflow)
+	return workflow, nil
+}
+
+// CheckClientSets refuses --set keys a client does not take (it has no
+// workflow arguments: those are the server's).
+func CheckClientSets(sets map[string]string) error {
+	for k := range sets {
+		if !slices.Contains(clientSetKeys, k) {
+			return fmt.Errorf("--set %s: unknown key for a client (known: %s)", k, strings.Join(clientSetKeys, ", "))
+		}
+	}
+	return nil
 }

@@ -16,6 +16,7 @@ var ErrNotImplemented = errors.New("component not implemented in flarego")
 // NVFlare component paths flarego implements itself.
 const (
 	PathScatterAndGather   = "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather"
+	PathFedAvg             = "nvflare.app_common.workflows.fedavg.FedAvg"
 	PathFullModelGenerator = "nvflare.app_common.shareablegenerators.full_model_shareable_generator.FullModelShareableGenerator"
 	PathWeightedAggregator = "nvflare.app_common.aggregators.intime_accumulate_model_aggregator.InTimeAccumulateWeightedAggregator"
 	PathCrossSiteModelEval = "nvflare.app_common.workflows.cross_site_model_eval.CrossSiteModelEval"
@@ -25,20 +26,39 @@ const (
 )
 
 // An Executor runs a client task, like NVFlare's Executor.execute.
+//
+// Execute gets the task's name, its Shareable (a DXO for train and
+// validate) and the server's FLContext (nil if the server sent none), and
+// returns the result Shareable. The client runtime sets the result's
+// task id, task name and cookie jar, and its return code to OK unless the
+// executor set one (e.g. RCBadTaskData for data it cannot use). A returned
+// error becomes an EXECUTION_EXCEPTION result whose task_error header
+// carries the error's text (escaped, at most 1 KiB): the text must hold no
+// secret. ctx is cancelled when the server aborts the task (the result is
+// then TASK_ABORTED, whatever Execute returns) or the client stops;
+// Execute should return soon after. It never runs twice at once on one
+// client.
 type Executor interface {
 	Execute(ctx context.Context, task string, data *Shareable, fl *FLContext) (*Shareable, error)
 }
 
 // A ModelPersistor loads the initial global model and saves each new one
 // (persistor.SecuredPersistor is one).
+//
+// Load is called once, before the first round; an error stops the run
+// before any client gets a task. Save is called after each round with
+// the new global model, from the workflow's one goroutine; an error stops the run, and the
+// previous model must then still be whole where it was (write atomically).
+// Neither gets a context: they are expected to take as long as the disk
+// does, not to wait on a peer.
 type ModelPersistor interface {
 	Load() (*persistor.Checkpoint, error)
 	Save(*persistor.Checkpoint) error
 }
 
-// Registry maps NVFlare component paths to Go constructors. The worker
-// registers the trainer and the persistor (they need the model package,
-// which flare does not import).
+// Registry maps NVFlare component paths to Go constructors. The seed
+// job's package (pneumonia) registers the trainer and the secured
+// persistor (they need the model package, which flare does not import).
 type Registry struct {
 	Executors  map[string]func(args json.RawMessage) (Executor, error)
 	Persistors map[string]func(args json.RawMessage) (ModelPersistor, error)
@@ -62,9 +82,17 @@ func (r *Registry) Persistor(c Component) (ModelPersistor, error) {
 	return f(c.Args)
 }
 
-// checkServerComponents makes sure every component the server config names
+// CheckServerComponents makes sure every component the server config names
 // is one flarego implements.
-func (r *Registry) checkServerComponents(cfg *ServerConfig, sag *ScatterAndGatherArgs) (ModelPersistor, error) {
+func (r *Registry) CheckServerComponents(cfg *ServerConfig, sag *ScatterAndGatherArgs) (ModelPersistor, error) {
+	if sag.FedAvg {
+		// FedAvg aggregates and makes its tasks itself.
+		p, err := cfg.Component(sag.PersistorID)
+		if err != nil {
+			return nil, err
+		}
+		return r.Persistor(p)
+	}
 	gen, err := cfg.Component(sag.ShareableGeneratorID)
 	if err != nil {
 		return nil, err

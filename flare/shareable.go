@@ -1,12 +1,3 @@
-// Package flare is NVFlare 2.0 in Go: the Shareable, DXO and FLContext that
-// travel between server and clients, their pickle codec, and (to come) the
-// client and server runtimes and job configuration.
-//
-// The wire carries Python pickles inside protobuf messages. [DecodeShareable]
-// reads them through the guarded unpickler of persistor/pickle, which builds
-// only NVFlare's Shareable and FLContext, numpy arrays and dtypes, and
-// logging.getLogger, never anything else; [EncodeShareable] writes pickles
-// that Python's pickle.loads turns back into the real classes.
 package flare
 
 import (
@@ -194,11 +185,25 @@ func (d *DXO) NumSteps() (int64, error) {
 }
 
 // StateDict returns the DXO's arrays as a state dict (weights in PyTorch's
-// names), sharing their memory.
+// names), sharing their memory. A number among the data is a 0-dim
+// tensor: NVFlare's aggregator turns a 0-dim array (a batch norm's
+// num_batches_tracked) into a numpy scalar, which travels as a number.
 func (d *DXO) StateDict() *persistor.StateDict {
 	sd := persistor.NewStateDict()
 	for _, a := range d.Data {
 		sd.Set(a.Name, a.Array)
+	}
+	for _, it := range d.Values {
+		name, ok := it.Key.(string)
+		if !ok {
+			continue
+		}
+		switch v := it.Value.(type) {
+		case float64:
+			sd.Set(name, persistor.FromFloat64([]float64{v}))
+		case int64:
+			sd.Set(name, persistor.FromInt64([]int64{v}))
+		}
 	}
 	return sd
 }

@@ -16,7 +16,7 @@ import (
 
 func provisioned(t *testing.T, name string) *x509.Certificate {
 	t.Helper()
-	block, _ := pem.Decode(fixture(t, "provisioned", name))
+	block, _ := pem.Decode(readFixture(t, "provisioned", name))
 	if block == nil {
 		t.Fatalf("%s: no PEM block", name)
 	}
@@ -122,29 +122,29 @@ func TestStartupKitKindChecked(t *testing.T) {
 			t.Errorf("a named pipe as kit: %v", err)
 		}
 	}
+	// An oversized file is named as such (it used to read as "unexpected EOF").
+	big := write("big.json", `{"servers": [{"name": "`+strings.Repeat("p", 2<<20)+`"}]}`)
+	if _, err := LoadStartupKit(big); err == nil || !strings.Contains(err.Error(), "larger than a configuration file") {
+		t.Errorf("a 2 MiB kit: %v", err)
+	}
+	// So is trailing text after the JSON value (it used to be ignored).
+	if _, err := LoadStartupKit(write("trail.json", `{"servers": []} {"servers": [1]}`)); err == nil {
+		t.Error("a kit with a second JSON value was accepted")
+	}
+	// A certificate path that is a named pipe is refused before a read blocks.
+	if err := syscall.Mkfifo(filepath.Join(dir, "cert.pem"), 0o600); err == nil {
+		_, err := keyPair(filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))
+		if err == nil || !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("a named pipe as certificate: %v", err)
+		}
+	}
 }
 
-// Unknown --set keys used to be ignored silently (and keys the config did
-// not list, such as train_timeout, were ignored too); they are refused
-// with the known ones, and values must suit the argument's type.
-func TestSetWorkflowArgRefusesUnknownKeys(t *testing.T) {
-	c := testServerConfig(1, 1, 10)
-	for _, kv := range [][2]string{{"min_clients", "3"}, {"wait_time_after_min_received", "0"}, {"train_task_name", "fit"}} {
-		if err := c.SetWorkflowArg(kv[0], kv[1]); err != nil {
-			t.Fatalf("%s=%s: %v", kv[0], kv[1], err)
-		}
+func readFixture(t *testing.T, parts ...string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(append([]string{"..", "testdata", "nvflare"}, parts...)...))
+	if err != nil {
+		t.Fatal(err)
 	}
-	a, err := c.ScatterAndGather()
-	if err != nil || a.MinClients != 3 || a.WaitTimeAfterMinReceived != 0 || a.TrainTaskName != "fit" {
-		t.Fatalf("%+v %v", a, err)
-	}
-	for _, c2 := range []struct{ key, value, want string }{
-		{"min_client", "3", "unknown workflow argument (known: aggregator_id, cleanup_models"},
-		{"min_clients", "many", "cannot unmarshal string"},
-		{"validation_timeout", "5", "the job has no CrossSiteModelEval workflow"},
-	} {
-		if err := c.SetWorkflowArg(c2.key, c2.value); err == nil || !strings.Contains(err.Error(), c2.want) {
-			t.Errorf("%s=%s: %v, want %q", c2.key, c2.value, err, c2.want)
-		}
-	}
+	return b
 }

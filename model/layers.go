@@ -1,6 +1,10 @@
 package model
 
-import "math"
+import (
+	"math"
+
+	"github.com/flarego/flarego/model/internal/kernels"
+)
 
 // conv is Conv2d as im2col + matrix product, one image per task. The
 // column matrix is rebuilt in backward rather than kept per image: it is
@@ -66,9 +70,9 @@ func (c *conv) forward(x []float32, n int, train bool) []float32 {
 		for o := 0; o < c.cout; o++ {
 			fill(y[o*hw:(o+1)*hw], c.b.W[o])
 		}
-		sgemmNN(c.cout, hw, c.kk, c.w.W, cols, y)
+		kernels.SgemmNN(c.cout, hw, c.kk, c.w.W, cols, y)
 		if c.relu {
-			reluInPlace(y)
+			kernels.Relu(y, y)
 		}
 	})
 	return c.y[:n*c.cout*hw]
@@ -90,13 +94,13 @@ func (c *conv) backward(dy []float32, n int) []float32 {
 		im2col(c.x[i*in:(i+1)*in], cols, c.cin, c.h, c.wd, c.k, c.stride, c.pad, c.ho, c.wo)
 		d := dy[i*c.cout*hw : (i+1)*c.cout*hw]
 		if c.relu {
-			maskBy(d, c.y[i*c.cout*hw:(i+1)*c.cout*hw])
+			kernels.ReluGrad(d, d, c.y[i*c.cout*hw:(i+1)*c.cout*hw])
 		}
-		sgemmNT(c.cout, c.kk, hw, d, cols, c.dwPart[wk])
+		kernels.SgemmNT(c.cout, c.kk, hw, d, cols, c.dwPart[wk])
 		if c.needDX {
 			dcols := c.scratch.dcols[wk][:c.kk*hw]
 			clear(dcols)
-			sgemmNN(c.kk, hw, c.cout, c.wt, d, dcols)
+			kernels.SgemmNN(c.kk, hw, c.cout, c.wt, d, dcols)
 			col2im(dcols, c.dx[i*in:(i+1)*in], c.cin, c.h, c.wd, c.k, c.stride, c.pad, c.ho, c.wo)
 		}
 	})
@@ -107,7 +111,7 @@ func (c *conv) backward(dy []float32, n int) []float32 {
 	}
 	for i := 0; i < n; i++ {
 		for o := 0; o < c.cout; o++ {
-			c.b.G[o] += float32(sum64(dy[(i*c.cout+o)*hw : (i*c.cout+o+1)*hw]))
+			c.b.G[o] += float32(kernels.Sum64(dy[(i*c.cout+o)*hw : (i*c.cout+o+1)*hw]))
 		}
 	}
 	if !c.needDX {
@@ -174,7 +178,7 @@ func col2im(cols, dx []float32, cin, h, w, k, stride, pad, ho, wo int) {
 					if stride == 1 {
 						lo, hi := max(0, pad-kx), min(wo, w+pad-kx)
 						if hi > lo {
-							axpy(1, src[lo:hi], dst[lo-pad+kx:hi-pad+kx])
+							kernels.Axpy(1, src[lo:hi], dst[lo-pad+kx:hi-pad+kx])
 						}
 						continue
 					}
@@ -239,13 +243,13 @@ func (bn *batchNorm) forward(x []float32, n int, train bool) []float32 {
 		if train {
 			var s float64
 			for i := 0; i < n; i++ {
-				s += sum64(x[(i*bn.c+c)*bn.hw : (i*bn.c+c+1)*bn.hw])
+				s += kernels.Sum64(x[(i*bn.c+c)*bn.hw : (i*bn.c+c+1)*bn.hw])
 			}
 			cnt := float64(n * bn.hw)
 			mean = s / cnt
 			var ss float64
 			for i := 0; i < n; i++ {
-				ss += sumSqDev64(x[(i*bn.c+c)*bn.hw:(i*bn.c+c+1)*bn.hw], float32(mean))
+				ss += kernels.SumSqDev64(x[(i*bn.c+c)*bn.hw:(i*bn.c+c+1)*bn.hw], float32(mean))
 			}
 			variance := ss / cnt
 			invstd = 1 / math.Sqrt(variance+bn.eps)
@@ -266,9 +270,9 @@ func (bn *batchNorm) forward(x []float32, n int, train bool) []float32 {
 			xs, ys := x[off:off+bn.hw], y[off:off+bn.hw]
 			if train {
 				// Only training needs x̂ (for backward).
-				bnNormalize(xs, bn.xhat[off:off+bn.hw], ys, m, is, g, b, bn.relu)
+				kernels.BNNormalize(xs, bn.xhat[off:off+bn.hw], ys, m, is, g, b, bn.relu)
 			} else {
-				bnApply(xs, ys, is*g, b-m*is*g, bn.relu)
+				kernels.BNApply(xs, ys, is*g, b-m*is*g, bn.relu)
 			}
 		}
 	})
@@ -278,13 +282,13 @@ func (bn *batchNorm) forward(x []float32, n int, train bool) []float32 {
 func (bn *batchNorm) backward(dy []float32, n int) []float32 {
 	dx := bn.dx[:n*bn.c*bn.hw]
 	if bn.relu {
-		maskBy(dy[:n*bn.c*bn.hw], bn.out)
+		kernels.ReluGrad(dy[:n*bn.c*bn.hw], dy[:n*bn.c*bn.hw], bn.out)
 	}
 	parallelFor(bn.c, func(c int) {
 		var dg, db float64
 		for i := 0; i < n; i++ {
 			off := (i*bn.c + c) * bn.hw
-			g, b := dot2sum64(dy[off:off+bn.hw], bn.xhat[off:off+bn.hw])
+			g, b := kernels.Dot2Sum64(dy[off:off+bn.hw], bn.xhat[off:off+bn.hw])
 			dg += g
 			db += b
 		}
@@ -297,7 +301,7 @@ func (bn *batchNorm) backward(dy []float32, n int) []float32 {
 		mdb, mdg := float32(db/cnt), float32(dg/cnt)
 		for i := 0; i < n; i++ {
 			off := (i*bn.c + c) * bn.hw
-			bnBackward(dy[off:off+bn.hw], bn.xhat[off:off+bn.hw], dx[off:off+bn.hw], k, mdb, mdg)
+			kernels.BNBackward(dy[off:off+bn.hw], bn.xhat[off:off+bn.hw], dx[off:off+bn.hw], k, mdb, mdg)
 		}
 	})
 	return dx
@@ -326,9 +330,7 @@ func (r *relu) forward(x []float32, n int, train bool) []float32 {
 		y = r.y[:n*r.size]
 	}
 	chunks(len(y), func(lo, hi int) {
-		for i, v := range x[lo:hi] {
-			y[lo+i] = max(v, 0)
-		}
+		kernels.Relu(y[lo:hi], x[lo:hi])
 	})
 	r.out = y
 	return y
@@ -340,13 +342,7 @@ func (r *relu) backward(dy []float32, n int) []float32 {
 		dx = r.dx[:n*r.size]
 	}
 	chunks(len(dx), func(lo, hi int) {
-		for i, v := range r.out[lo:hi] {
-			if v > 0 {
-				dx[lo+i] = dy[lo+i]
-			} else {
-				dx[lo+i] = 0
-			}
-		}
+		kernels.ReluGrad(dx[lo:hi], dy[lo:hi], r.out[lo:hi])
 	})
 	return dx
 }
@@ -492,7 +488,7 @@ func (l *linear) forward(x []float32, n int, train bool) []float32 {
 	y := l.y[:n*l.out]
 	parallelFor(n*l.out, func(j int) {
 		i, o := j/l.out, j%l.out
-		y[j] = dot(x[i*l.in:(i+1)*l.in], l.w.W[o*l.in:(o+1)*l.in]) + l.b.W[o]
+		y[j] = kernels.Dot(x[i*l.in:(i+1)*l.in], l.w.W[o*l.in:(o+1)*l.in]) + l.b.W[o]
 	})
 	return y
 }
@@ -501,7 +497,7 @@ func (l *linear) backward(dy []float32, n int) []float32 {
 	parallelFor(l.out, func(o int) {
 		g := l.w.G[o*l.in : (o+1)*l.in]
 		for i := 0; i < n; i++ {
-			axpy(dy[i*l.out+o], l.x[i*l.in:(i+1)*l.in], g)
+			kernels.Axpy(dy[i*l.out+o], l.x[i*l.in:(i+1)*l.in], g)
 			l.b.G[o] += dy[i*l.out+o]
 		}
 	})
@@ -513,7 +509,7 @@ func (l *linear) backward(dy []float32, n int) []float32 {
 		d := dx[i*l.in : (i+1)*l.in]
 		clear(d)
 		for o := 0; o < l.out; o++ {
-			axpy(dy[i*l.out+o], l.w.W[o*l.in:(o+1)*l.in], d)
+			kernels.Axpy(dy[i*l.out+o], l.w.W[o*l.in:(o+1)*l.in], d)
 		}
 	})
 	return dx

@@ -3,8 +3,6 @@ package model
 import (
 	"bytes"
 	"fmt"
-	"path/filepath"
-	"sort"
 
 	"github.com/flarego/flarego/persistor"
 )
@@ -26,24 +24,4 @@ func LoadSpec(path string, k *persistor.Key) (*Spec, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return s, nil
-}
-
-// TrainingFolder is where the seed's trainer finds its images:
-// INPUT/datasets/<first dataset, by name>/file_data.
-func TrainingFolder(input string) (string, error) {
-	entries, err := readDir(filepath.Join(input, "datasets"))
-	if err != nil {
-		return "", fmt.Errorf("finding the training data: %w", err)
-	}
-	var names []string
-	for _, e := range entries {
-		if e.IsDir() {
-			names = append(names, e.Name())
-		}
-	}
-	if len(names) == 0 {
-		return "", fmt.Errorf("finding the training data: %s has no dataset folders", filepath.Join(input, "datasets"))
-	}
-	sort.Strings(names)
-	return filepath.Join(input, "datasets", names[0], "file_data"), nil
 }

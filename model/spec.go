@@ -1,7 +1,8 @@
 // Package model is the pneumonia CNN: its architecture as data ([Spec],
 // encrypted at rest like the seed's network.py), a network with PyTorch's
 // semantics built from a spec and a state dict ([Net]), training with Adam
-// and cross-entropy, and inference.
+// and cross-entropy ([Train]), inference ([Predict]) and evaluation on
+// labelled images ([Evaluate]: accuracy and mean cross-entropy).
 //
 // A spec names its layers as PyTorch's module attributes, so a [Net]'s state
 // dict has PyTorch's keys (conv1.weight, bn1.running_mean, fc.bias, ...) and

@@ -11,6 +11,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+
+	"github.com/flarego/flarego/fcp"
 )
 
 // SyntheticClasses are the class folders of the synthetic data, in
@@ -105,21 +107,27 @@ func syntheticCXR(rng *rand.Rand, pneumonia bool) *image.Gray {
 	return img
 }
 
+// syntheticDataset is the dataset folder WriteSyntheticSite writes under
+// the input root's fcp.DatasetsDir.
+const syntheticDataset = "cxr"
+
 // WriteSyntheticSite writes what an FCP container's /input holds for this
-// job: datasets/cxr/file_data (training, ImageFolder), file_data and
-// dataset.csv (inference; the CSV lists the images in a shuffled order with
-// their path relative to file_data, a patient id and the true label).
+// job, in package fcp's layout: datasets/cxr/file_data (training,
+// ImageFolder), file_data and dataset.csv (inference; the CSV lists the
+// images in a shuffled order with their path relative to file_data, a
+// patient id and the true label).
 func WriteSyntheticSite(root string, perClass int, seed uint64) error {
-	if _, err := WriteSyntheticCXR(filepath.Join(root, "datasets", "cxr", "file_data"), perClass, seed); err != nil {
+	if _, err := WriteSyntheticCXR(filepath.Join(root, fcp.DatasetsDir, syntheticDataset, fcp.ImagesDir), perClass, seed); err != nil {
 		return err
 	}
-	rel, err := WriteSyntheticCXR(filepath.Join(root, "file_data"), perClass, seed+1000)
+	loc := fcp.Locations{Input: root}
+	rel, err := WriteSyntheticCXR(loc.InferenceFolder(), perClass, seed+1000)
 	if err != nil {
 		return err
 	}
 	rng := rand.New(rand.NewPCG(seed, 7))
 	rng.Shuffle(len(rel), func(i, j int) { rel[i], rel[j] = rel[j], rel[i] })
-	f, err := os.Create(filepath.Join(root, "dataset.csv"))
+	f, err := os.Create(loc.DatasetCSV())
 	if err != nil {
 		return err
 	}

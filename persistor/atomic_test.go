@@ -69,6 +69,9 @@ func TestAtomicSaveRemovesStaleTemps(t *testing.T) {
 		}
 		t.Errorf("%d entries after a failed save, want %d", len(entries), len(keep)+2)
 	}
+	if _, err := os.Stat(stale); err != nil {
+		t.Errorf("a failed save removed %s: %v", filepath.Base(stale), err)
+	}
 }
 
 func TestSecuredPersistorRemovesCrashedSaves(t *testing.T) {

@@ -14,9 +14,9 @@
 //     writes atomically, so no plaintext weight ever reaches the disk, and it
 //     fails closed when no key is available.
 //
-// Keys are loaded with [ReadKeyFile] or, inside a Rhino Health FCP container,
-// with [Locations.KeyFile], which follows the seed's lookup order. A [Key]
-// never prints its value: formatting one gives a fixed placeholder.
+// Keys are loaded with [ReadKeyFile] (package fcp finds the key file inside a
+// Rhino Health FCP container, in the seed's lookup order). A [Key] never
+// prints its value: formatting one gives a fixed placeholder.
 //
 // Compatibility promise: every token this package writes decrypts with
 // cryptography's Fernet, and every token Fernet writes decrypts here; every

@@ -37,9 +37,6 @@ func (k *Key) Encode() string { return k.k.Encode() }
 func (k *Key) String() string   { return "persistor.Key(redacted)" }
 func (k *Key) GoString() string { return k.String() }
 
-// FernetKey returns the fernet-go form of k, for code that calls fernet-go directly.
-func FernetKey(k *Key) *fernet.Key { return &k.k }
-
 func (k *Key) signing() []byte    { return k.k[:16] }
 func (k *Key) encryption() []byte { return k.k[16:] }
 
@@ -68,7 +65,7 @@ func ParseKey(s string) (*Key, error) {
 // newline) or from a secret_run_params.json ({"key": "..."}) as FCP mounts it.
 // Errors name the file and what was wrong, never the key.
 func ReadKeyFile(name string) (*Key, error) {
-	data, err := readRegular(name, maxKeyFileBytes, "a key file")
+	data, err := ReadRegular(name, maxKeyFileBytes, "a key file")
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("reading key: %s: %w", name, ErrNoKey)

@@ -14,7 +14,6 @@ import (
 	"strings"
 
 	"github.com/flarego/flarego/persistor/pickle"
-	"github.com/nlpodyssey/gopickle/types"
 )
 
 // ErrNotPT reports bytes that are neither a zip nor a legacy torch file.
@@ -37,7 +36,7 @@ var legacyMagic = []byte{0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0
 
 // ReadPTFile reads a .pt file; see DecodePT.
 func ReadPTFile(name string) (any, error) {
-	data, err := readRegular(name, maxModelFileBytes, "a model file")
+	data, err := ReadRegular(name, maxModelFileBytes, "a model file")
 	if err != nil {
 		return nil, err
 	}
@@ -116,17 +115,12 @@ func (d *ptDecoder) reserve(n uint64, what string) error {
 	return nil
 }
 
-// callFunc adapts a function to gopickle's Callable.
-type callFunc func(args ...any) (any, error)
-
-func (f callFunc) Call(args ...any) (any, error) { return f(args...) }
-
 func (d *ptDecoder) unpickler() *pickle.Unpickler {
 	allowed := map[pickle.Global]any{
-		{Module: "collections", Name: "OrderedDict"}:         nil, // built into gopickle
-		{Module: "torch._utils", Name: "_rebuild_tensor_v2"}: callFunc(d.rebuildTensor),
-		{Module: "torch._utils", Name: "_rebuild_parameter"}: callFunc(rebuildParameter),
-		{Module: "torch", Name: "Size"}: callFunc(func(args ...any) (any, error) {
+		{Module: "collections", Name: "OrderedDict"}:         nil, // built into the unpickler
+		{Module: "torch._utils", Name: "_rebuild_tensor_v2"}: pickle.Func(d.rebuildTensor),
+		{Module: "torch._utils", Name: "_rebuild_parameter"}: pickle.Func(rebuildParameter),
+		{Module: "torch", Name: "Size"}: pickle.Func(func(args ...any) (any, error) {
 			if len(args) != 1 {
 				return nil, errors.New("torch.Size takes one argument")
 			}
@@ -197,10 +191,10 @@ func toInt(v any) (int, bool) {
 }
 
 func toInts(v any) ([]int, bool) {
-	t, ok := v.(*types.Tuple)
+	t, ok := v.(*pickle.GoTuple)
 	if !ok {
 		if pt, ok2 := v.(pickle.Tuple); ok2 {
-			t2 := types.Tuple(pt)
+			t2 := pickle.GoTuple(pt)
 			t, ok = &t2, true
 		}
 	}

@@ -54,9 +54,9 @@ func describeMode(m fs.FileMode) string {
 	return "mode " + m.Type().String()
 }
 
-// readRegular returns the content of the regular file path, refusing one
+// ReadRegular returns the content of the regular file path, refusing one
 // of more than max bytes; what names the file's role in that error.
-func readRegular(path string, max int64, what string) ([]byte, error) {
+func ReadRegular(path string, max int64, what string) ([]byte, error) {
 	f, err := OpenRegular(path)
 	if err != nil {
 		return nil, err

@@ -26,7 +26,6 @@ func TestFIFOKeyAndModelRefused(t *testing.T) {
 	}
 	readers := map[string]func() error{
 		"ReadKeyFile": func() error { _, err := ReadKeyFile(keyFIFO); return err },
-		"KeyFile":     func() error { _, err := (Locations{Input: dir}).KeyFile(); return err },
 		"ReadPTFile":  func() error { _, err := ReadPTFile(ptFIFO); return err },
 		"IsTokenFile": func() error { _, err := IsTokenFile(ptFIFO); return err },
 		"ReadCheckpointFile": func() error {
@@ -130,7 +129,7 @@ func TestReadOpenStopsAtBound(t *testing.T) {
 	if got != 10 {
 		t.Errorf("read %d bytes, want 10", got)
 	}
-	data, err := readRegular(p, 100, "a test file")
+	data, err := ReadRegular(p, 100, "a test file")
 	if err != nil || len(data) != 100 {
 		t.Errorf("readRegular at the bound: %d bytes, %v", len(data), err)
 	}

@@ -63,8 +63,8 @@ func (p *SecuredPersistor) Load() (*Checkpoint, error) {
 // Save writes c as the global model.
 func (p *SecuredPersistor) Save(c *Checkpoint) error { return p.save(p.Path, c) }
 
-// SaveBest writes c as the best model so far.
-func (p *SecuredPersistor) SaveBest(c *Checkpoint) error { return p.save(p.bestPath(), c) }
+// saveBest writes c as the best model so far.
+func (p *SecuredPersistor) saveBest(c *Checkpoint) error { return p.save(p.bestPath(), c) }
 
 func (p *SecuredPersistor) bestPath() string {
 	if p.BestPath != "" {
@@ -115,8 +115,8 @@ func (p *SecuredPersistor) Get(name string) (*Checkpoint, error) {
 	return nil, fmt.Errorf("no model named %q (have global, best)", name)
 }
 
-// ModelDescriptor describes one stored model, as NVFlare's inventory does.
-type ModelDescriptor struct {
+// modelDescriptor describes one stored model, as NVFlare's inventory does.
+type modelDescriptor struct {
 	Name      string
 	Location  string
 	Encrypted bool
@@ -124,9 +124,9 @@ type ModelDescriptor struct {
 	ModTime   time.Time
 }
 
-// Inventory lists the stored models that exist.
-func (p *SecuredPersistor) Inventory() ([]ModelDescriptor, error) {
-	var out []ModelDescriptor
+// inventory lists the stored models that exist.
+func (p *SecuredPersistor) inventory() ([]modelDescriptor, error) {
+	var out []modelDescriptor
 	for _, m := range []struct{ name, path string }{{"global", p.Path}, {"best", p.bestPath()}} {
 		st, err := os.Stat(m.path)
 		if errors.Is(err, os.ErrNotExist) {
@@ -139,7 +139,7 @@ func (p *SecuredPersistor) Inventory() ([]ModelDescriptor, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, ModelDescriptor{m.name, m.path, enc, st.Size(), st.ModTime()})
+		out = append(out, modelDescriptor{m.name, m.path, enc, st.Size(), st.ModTime()})
 	}
 	return out, nil
 }

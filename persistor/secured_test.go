@@ -27,7 +27,7 @@ func TestSecuredPersistorSaveLoad(t *testing.T) {
 	if err := p.Save(c); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.SaveBest(c); err != nil {
+	if err := p.saveBest(c); err != nil {
 		t.Fatal(err)
 	}
 	raw, _ := os.ReadFile(p.Path)
@@ -52,7 +52,7 @@ func TestSecuredPersistorSaveLoad(t *testing.T) {
 			t.Fatalf("%s differs after save and load", n)
 		}
 	}
-	inv, err := p.Inventory()
+	inv, err := p.inventory()
 	if err != nil || len(inv) != 2 || !inv[0].Encrypted || inv[1].Name != "best" {
 		t.Fatalf("inventory %+v, %v", inv, err)
 	}

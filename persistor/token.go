@@ -446,9 +446,9 @@ func decryptOpen(f *os.File, name string, max int64, what string, ttl time.Durat
 	return b, nil
 }
 
-// Rotate re-encrypts token under newest, keeping its timestamp, after
+// rotate re-encrypts token under newest, keeping its timestamp, after
 // verifying it with any of keys (newest included), like MultiFernet.rotate.
-func Rotate(token []byte, newest *Key, keys ...*Key) ([]byte, error) {
+func rotate(token []byte, newest *Key, keys ...*Key) ([]byte, error) {
 	all := append([]*Key{newest}, keys...)
 	raw, err := decodeToken(bytes.Clone(token))
 	if err != nil {

@@ -248,7 +248,7 @@ func TestRotateKeepsTimestamp(t *testing.T) {
 	k := mustKey(t, string(readFixture(t, "fernet", "key.txt")))
 	k2 := mustKey(t, string(readFixture(t, "fernet", "key2.txt")))
 	tok := readFixture(t, "fernet", "python-tokens", "fixed_t1700000000_iv0.tok")
-	rot, err := Rotate(tok, k2, k)
+	rot, err := rotate(tok, k2, k)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -332,25 +332,5 @@ func TestReadKeyFile(t *testing.T) {
 	}
 	if _, err := ReadKeyFile(filepath.Join(dir, "missing")); !errors.Is(err, ErrNoKey) {
 		t.Errorf("missing file: %v, want ErrNoKey", err)
-	}
-}
-
-func TestFCPLookupOrder(t *testing.T) {
-	root := t.TempDir()
-	loc := Locations{Input: filepath.Join(root, "input"), ServerCredentials: filepath.Join(root, "server-credentials")}
-	os.MkdirAll(loc.Input, 0o755)
-	if got := loc.KeyPath(); got != filepath.Join(loc.Input, SecretParams) {
-		t.Errorf("without server credentials: %s", got)
-	}
-	if _, err := loc.KeyFile(); !errors.Is(err, ErrNoKey) {
-		t.Errorf("no key anywhere: %v", err)
-	}
-	os.MkdirAll(loc.ServerCredentials, 0o700)
-	if got := loc.KeyPath(); got != filepath.Join(loc.ServerCredentials, SecretParams) {
-		t.Errorf("with server credentials: %s", got)
-	}
-	t.Setenv("FLAREGO_INPUT", "/elsewhere")
-	if DefaultLocations().Input != "/elsewhere" {
-		t.Error("FLAREGO_INPUT not honoured")
 	}
 }

@@ -1,284 +1,75 @@
 package main
 
 import (
-	"bytes"
-	"crypto/rand"
-	_ "embed"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"sort"
 	"strings"
-	"syscall"
-	"time"
 
-	"github.com/flarego/flarego/persistor"
+	"github.com/flarego/flarego/bench"
 )
 
-//go:embed bench_persist.py
-var benchPersistPy []byte
-
-//go:embed bench_model.py
-var benchModelPy []byte
-
-// pneumoniaShapes are the state-dict shapes of the seed's PneumoniaModel.
-var pneumoniaShapes = []struct {
-	name  string
-	shape []int
-}{
-	{"conv1.weight", []int{12, 3, 3, 3}}, {"conv1.bias", []int{12}},
-	{"bn1.weight", []int{12}}, {"bn1.bias", []int{12}}, {"bn1.running_mean", []int{12}}, {"bn1.running_var", []int{12}},
-	{"bn1.num_batches_tracked", nil},
-	{"conv2.weight", []int{20, 12, 3, 3}}, {"conv2.bias", []int{20}},
-	{"conv3.weight", []int{32, 20, 3, 3}}, {"conv3.bias", []int{32}},
-	{"bn3.weight", []int{32}}, {"bn3.bias", []int{32}}, {"bn3.running_mean", []int{32}}, {"bn3.running_var", []int{32}},
-	{"bn3.num_batches_tracked", nil},
-	{"fc.weight", []int{2, 401408}}, {"fc.bias", []int{2}},
-}
-
-func randomStateDict(name string) (*persistor.StateDict, error) {
-	sd := persistor.NewStateDict()
-	add := func(n string, dt persistor.DType, shape ...int) error {
-		t, err := persistor.NewTensor(dt, shape...)
-		if err != nil {
-			return err
-		}
-		if dt == persistor.Float32 {
-			// Random finite floats: random mantissa and sign, exponent near 1.
-			rand.Read(t.Data)
-			for i := 3; i < len(t.Data); i += 4 {
-				t.Data[i] = t.Data[i]&0x80 | 0x3f
-			}
-		}
-		sd.Set(n, t)
-		return nil
-	}
-	switch name {
-	case "pneumonia":
-		for _, p := range pneumoniaShapes {
-			dt := persistor.Float32
-			if p.shape == nil {
-				dt = persistor.Int64
-			}
-			if err := add(p.name, dt, p.shape...); err != nil {
-				return nil, err
-			}
-		}
-	case "256MB", "2GB":
-		n := 16
-		if name == "2GB" {
-			n = 128
-		}
-		for i := 0; i < n; i++ {
-			if err := add(fmt.Sprintf("layer%d.weight", i), persistor.Float32, 4096, 1024); err != nil {
-				return nil, err
-			}
-		}
-	default:
-		return nil, fmt.Errorf("unknown bench case %q (have pneumonia, 256MB, 2GB)", name)
-	}
-	return sd, nil
-}
-
-type measurement struct {
-	seconds []float64
-	rssMB   []float64
-}
-
-func (m measurement) median() (float64, float64) {
-	med := func(v []float64) float64 {
-		s := append([]float64(nil), v...)
-		sort.Float64s(s)
-		return s[len(s)/2]
-	}
-	return med(m.seconds), med(m.rssMB)
-}
-
-// benchSetup returns this binary's path (children run it) and a scratch
-// folder for the caller to remove.
-func benchSetup() (self, dir string, err error) {
-	if self, err = os.Executable(); err != nil {
-		return "", "", err
-	}
-	dir, err = os.MkdirTemp("", "flarego-bench-")
-	return self, dir, err
-}
-
-// runChild runs one timed operation in a fresh process and returns the time
-// it reports and the process's peak RSS.
-func runChild(name string, args ...string) (float64, float64, error) {
-	return runChildEnv(nil, name, args...)
-}
-
-// runChildEnv is runChild with extra environment variables.
-func runChildEnv(env []string, name string, args ...string) (float64, float64, error) {
-	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), env...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		return 0, 0, fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
-	}
-	var r struct{ Seconds float64 }
-	if err := json.Unmarshal(out.Bytes(), &r); err != nil {
-		return 0, 0, fmt.Errorf("%s: unreadable result %q", name, out.String())
-	}
-	ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	if !ok {
-		return 0, 0, errors.New("no resource usage on this platform")
-	}
-	return r.Seconds, float64(ru.Maxrss) / 1024, nil
-}
-
+// bench runs a measurement of package bench; children are this binary
+// run as "bench --child OP ...".
 func (c *command) bench(args []string) error {
 	if len(args) > 0 && args[0] == "--child" {
-		return c.benchChild(args[1:])
+		return usageIf(bench.Child(args[1:], c.stdout), bench.ErrUsage)
 	}
-	if len(args) > 0 && args[0] == "model" {
-		return c.benchModel(args[1:])
-	}
-	if len(args) > 0 && args[0] == "fl" {
-		return c.benchFL(args[1:])
-	}
-	if len(args) == 0 || args[0] != "persist" {
+	if len(args) == 0 || (args[0] != "persist" && args[0] != "model" && args[0] != "fl") {
 		return fmt.Errorf("%w: want 'bench persist|model|fl [flags]'", errUsage)
 	}
-	fs := c.flags("bench persist", "[--cases pneumonia,256MB] [--repeat N] [--python PATH]")
-	cases := fs.String("cases", "pneumonia,256MB", "state dicts to save and load: pneumonia, 256MB, 2GB")
-	repeat := fs.Int("repeat", 3, "runs per measurement (the median is reported)")
-	python := fs.String("python", "/usr/bin/python3", "Python with torch and cryptography, for the side-by-side ('' to skip)")
-	if _, err := parse(fs, args[1:], 0, 0); err != nil {
-		return err
-	}
-	self, dir, err := benchSetup()
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	k, err := persistor.GenerateKey()
-	if err != nil {
-		return err
-	}
-	keyFile := filepath.Join(dir, "key")
-	os.WriteFile(keyFile, []byte(k.Encode()), 0o600)
-	script := filepath.Join(dir, "bench_persist.py")
-	os.WriteFile(script, benchPersistPy, 0o600)
-
-	w := c.stdout
-	fmt.Fprintf(w, "flarego bench persist: median of %d runs, each in a fresh process; time is the operation alone, RSS is the process's peak\n", *repeat)
-	fmt.Fprintf(w, "%-10s %-5s %10s %10s %8s %10s %10s %8s\n", "case", "op", "go s", "python s", "speedup", "go MB", "python MB", "RSS go/py")
-	for _, name := range strings.Split(*cases, ",") {
-		sd, err := randomStateDict(name)
-		if err != nil {
+	var run func(bench.Env) error
+	switch args[0] {
+	case "persist":
+		fs := c.flags("bench persist", "[--cases pneumonia,256MB] [--repeat N] [--python PATH]")
+		cases := fs.String("cases", "pneumonia,256MB", "state dicts to save and load: pneumonia, 256MB, 2GB")
+		repeat := fs.Int("repeat", 3, "runs per measurement (the median is reported)")
+		python := fs.String("python", "/usr/bin/python3", "Python with torch and cryptography, for the side-by-side ('' to skip)")
+		if _, err := parse(fs, args[1:], 0, 0); err != nil {
 			return err
 		}
-		plain := filepath.Join(dir, name+".pt")
-		f, err := os.Create(plain)
-		if err != nil {
+		run = func(env bench.Env) error {
+			return bench.Persist(env, bench.PersistOptions{Cases: strings.Split(*cases, ","), Repeat: *repeat, Python: *python})
+		}
+	case "model":
+		fs := c.flags("bench model", "[--batches 4,16] [--steps N] [--repeat N] [--python PATH]")
+		batches := fs.String("batches", "4,16", "batch sizes")
+		steps := fs.Int("steps", 10, "timed steps per run (after 2 warm-up steps)")
+		repeat := fs.Int("repeat", 3, "runs per measurement (the median is reported)")
+		python := fs.String("python", "/usr/bin/python3", "Python with torch, for the side-by-side ('' to skip)")
+		if _, err := parse(fs, args[1:], 0, 0); err != nil {
 			return err
 		}
-		if err := persistor.WritePT(f, &persistor.Checkpoint{Model: sd}, persistor.PTOptions{}); err != nil {
+		run = func(env bench.Env) error {
+			return bench.Model(env, bench.ModelOptions{Batches: strings.Split(*batches, ","), Steps: *steps, Repeat: *repeat, Python: *python})
+		}
+	case "fl":
+		fs := c.flags("bench fl", "[--clients N] [--wire 2.0,2.4]")
+		clients := fs.Int("clients", 200, "clients")
+		wires := fs.String("wire", "2.0,2.4", "wires to measure, one after the other: 2.0 (NVFlare 2.0's gRPC), 2.4 (NVFlare 2.4+'s CellNet)")
+		if _, err := parse(fs, args[1:], 0, 0); err != nil {
 			return err
 		}
-		f.Close()
-		sd = nil
-		fmt.Fprintf(c.stderr, "case %s: %s\n", name, humanBytes(fileSize(plain)))
-		goEnc, pyEnc := filepath.Join(dir, name+".go.enc"), filepath.Join(dir, name+".py.enc")
-		ops := []struct {
-			op     string
-			goArgs []string
-			pyArgs []string
-		}{
-			{"save", []string{"bench", "--child", "save", plain, keyFile, goEnc}, []string{script, "save", plain, keyFile, pyEnc}},
-			{"load", []string{"bench", "--child", "load", goEnc, keyFile}, []string{script, "load", pyEnc, keyFile}},
+		for _, w := range strings.Split(*wires, ",") {
+			if w != "2.0" && w != "2.4" {
+				return fmt.Errorf("%w: --wire %q: want 2.0 and/or 2.4", errUsage, w)
+			}
 		}
-		for _, op := range ops {
-			var g, p measurement
-			for i := 0; i < *repeat; i++ {
-				fmt.Fprintf(c.stderr, "  %s run %d/%d\n", op.op, i+1, *repeat)
-				s, rss, err := runChild(self, op.goArgs...)
-				if err != nil {
+		run = func(env bench.Env) error {
+			for _, w := range strings.Split(*wires, ",") {
+				f := bench.FL
+				if w == "2.4" {
+					f = bench.FL28
+				}
+				if err := f(env, *clients); err != nil {
 					return err
 				}
-				g.seconds, g.rssMB = append(g.seconds, s), append(g.rssMB, rss)
-				if *python != "" {
-					s, rss, err := runChild(*python, op.pyArgs...)
-					if err != nil {
-						return err
-					}
-					p.seconds, p.rssMB = append(p.seconds, s), append(p.rssMB, rss)
-				}
 			}
-			gs, gr := g.median()
-			if *python == "" {
-				fmt.Fprintf(w, "%-10s %-5s %10.3f %10s %8s %10.0f %10s %8s\n", name, op.op, gs, "-", "-", gr, "-", "-")
-				continue
-			}
-			ps, pr := p.median()
-			fmt.Fprintf(w, "%-10s %-5s %10.3f %10.3f %7.1fx %10.0f %10.0f %8.2f\n", name, op.op, gs, ps, ps/gs, gr, pr, gr/pr)
+			return nil
 		}
 	}
-	return nil
-}
-
-// benchChild performs one operation and prints its time as JSON.
-func (c *command) benchChild(args []string) error {
-	if len(args) > 0 && args[0] == "fl-server" {
-		return c.benchFLServer(args[1:])
-	}
-	if len(args) < 3 {
-		return fmt.Errorf("%w: want bench --child OP ARGS", errUsage)
-	}
-	if args[0] == "train" || args[0] == "infer" {
-		return c.benchModelChild(args)
-	}
-	k, err := persistor.ReadKeyFile(args[2])
+	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	var dt time.Duration
-	switch args[0] {
-	case "save":
-		if len(args) != 4 {
-			return errUsage
-		}
-		ck, err := persistor.ReadCheckpointFile(args[1], nil)
-		if err != nil {
-			return err
-		}
-		p := &persistor.SecuredPersistor{Path: args[3], Key: k}
-		t0 := time.Now()
-		if err := p.Save(ck); err != nil {
-			return err
-		}
-		dt = time.Since(t0)
-	case "load":
-		t0 := time.Now()
-		ck, err := persistor.ReadCheckpointFile(args[1], k)
-		if err != nil {
-			return err
-		}
-		if ck.Model.Len() == 0 {
-			return errors.New("empty model")
-		}
-		dt = time.Since(t0)
-	default:
-		return fmt.Errorf("%w: unknown bench op %q", errUsage, args[0])
-	}
-	return json.NewEncoder(c.stdout).Encode(map[string]float64{"seconds": dt.Seconds()})
-}
-
-func fileSize(name string) int64 {
-	st, err := os.Stat(name)
-	if err != nil {
-		return 0
-	}
-	return st.Size()
-}
-
-func humanBytes(n int64) string {
-	return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+	return run(bench.Env{Stdout: c.stdout, Stderr: c.stderr, Child: []string{self, "bench", "--child"}})
 }

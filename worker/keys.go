@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/flarego/flarego/fcp"
 	"github.com/flarego/flarego/persistor"
 )
 
@@ -108,7 +109,7 @@ func (c *command) decrypt(args []string) error {
 // for third-party tools that need it.
 func (c *command) unseal(args []string) error {
 	fl := c.flags("unseal", "[--write] [--input DIR] [--server-credentials DIR] [DIR] [-- CMD ARGS...]")
-	loc := persistor.DefaultLocations()
+	loc := fcp.Default()
 	write := fl.Bool("write", false, "also write each decrypted file next to it without .enc (mode 0600), as the seed did")
 	fl.StringVar(&loc.Input, "input", loc.Input, "FCP input directory (client key: INPUT/secret_run_params.json)")
 	fl.StringVar(&loc.ServerCredentials, "server-credentials", loc.ServerCredentials, "FCP server credentials directory (used first when it exists)")

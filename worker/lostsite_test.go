@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/flarego/flarego/flare"
+	"github.com/flarego/flarego/flare/client"
+	"github.com/flarego/flarego/flare/wire20"
 	"github.com/flarego/flarego/persistor/pickle"
 )
 
@@ -68,7 +70,7 @@ func TestServerJobExitsNonZeroWhenASiteFails(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
 	for i, ex := range []rendezvousExecutor{{mine: good, other: bad}, {mine: bad, other: good, fail: true}} {
-		c := &flare.Client{Name: fmt.Sprintf("site-%d", i+1), Target: target, Tasks: map[string]flare.Executor{"train": ex}, GiveUp: 20 * time.Second}
+		c := &client.Client{Name: fmt.Sprintf("site-%d", i+1), Target: target, Wire: wire20.Wire{}, Tasks: map[string]flare.Executor{"train": ex}, GiveUp: 20 * time.Second}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

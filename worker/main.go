@@ -2,8 +2,10 @@
 // model: it replaces the Python NVFlare "encrypted model code and weights"
 // example with one static binary that speaks the same files and keys.
 //
-// This package only parses command lines; the work is done in packages
-// persistor, model and flare.
+// This package only parses command lines and wires parts together; the
+// work is done in packages persistor, model, flare (and its runtimes, wire
+// and console), pneumonia (the seed job's components) and bench, and every
+// path of the FCP container comes from package fcp.
 package main
 
 import (
@@ -50,6 +52,19 @@ Run 'flarego COMMAND -h' for a command's flags.
 
 // errUsage makes main print the usage and exit 2.
 var errUsage = errors.New("usage")
+
+// usageIf makes err, when it wraps a package's own usage error (pkgUsage),
+// a usage error of the command too (exit 2), its message unchanged.
+func usageIf(err, pkgUsage error) error {
+	if err != nil && errors.Is(err, pkgUsage) {
+		return usageError{err}
+	}
+	return err
+}
+
+type usageError struct{ error }
+
+func (e usageError) Unwrap() []error { return []error{errUsage, e.error} }
 
 type command struct {
 	stdout, stderr io.Writer

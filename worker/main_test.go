@@ -5,10 +5,11 @@ import (
 	"os"
 	"time"
 
-	"github.com/fernet/fernet-go"
-	"github.com/flarego/flarego/persistor"
 	"path/filepath"
 	"testing"
+
+	"github.com/fernet/fernet-go"
+	"github.com/flarego/flarego/persistor"
 
 	"github.com/rogpeppe/go-internal/testscript"
 )
@@ -29,7 +30,12 @@ func TestMain(m *testing.M) {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(1)
 			}
-			tok, err := fernet.EncryptAndSignAtTime([]byte(os.Args[3]), persistor.FernetKey(k), time.Now().Add(d))
+			fkey, err := fernet.DecodeKey(k.Encode())
+			if err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+			tok, err := fernet.EncryptAndSignAtTime([]byte(os.Args[3]), fkey, time.Now().Add(d))
 			if err != nil {
 				fmt.Fprintln(os.Stderr, err)
 				os.Exit(1)

@@ -7,18 +7,18 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/flarego/flarego/fcp"
 	"github.com/flarego/flarego/model"
 	"github.com/flarego/flarego/persistor"
 )
 
 // modelFlags are the flags train and infer share.
 type modelFlags struct {
-	loc     persistor.Locations
+	loc     fcp.Locations
 	spec    string
 	keyFile string
 	batch   int
@@ -28,7 +28,7 @@ func (c *command) modelFlags(fs interface {
 	StringVar(*string, string, string, string)
 	IntVar(*int, string, int, string)
 }) *modelFlags {
-	m := &modelFlags{loc: persistor.DefaultLocations()}
+	m := &modelFlags{loc: fcp.Default()}
 	fs.StringVar(&m.loc.Input, "input", m.loc.Input, "FCP input directory")
 	fs.StringVar(&m.loc.Output, "output", m.loc.Output, "FCP output directory")
 	fs.StringVar(&m.spec, "spec", "", "model spec (JSON, or encrypted JSON); default: the built-in PneumoniaModel")
@@ -89,7 +89,7 @@ func (c *command) train(args []string) error {
 	if err := checkOutputDir(m.loc.Output); err != nil {
 		return err
 	}
-	root, err := model.TrainingFolder(m.loc.Input)
+	root, err := m.loc.TrainingFolder()
 	if err != nil {
 		return err
 	}
@@ -131,7 +131,7 @@ func (c *command) train(args []string) error {
 	if err := net.CheckFinite(); err != nil {
 		return fmt.Errorf("not saving the weights: %w", err)
 	}
-	out := filepath.Join(m.loc.Output, "model_parameters.pt.enc")
+	out := m.loc.GlobalModel()
 	p := &persistor.SecuredPersistor{Path: out, Key: k, ModelName: spec.Name}
 	if err := p.Save(&persistor.Checkpoint{Model: net.StateDict()}); err != nil {
 		return err
@@ -165,12 +165,12 @@ func (c *command) infer(args []string) error {
 	if err := checkOutputDir(m.loc.Output); err != nil {
 		return err
 	}
-	root := filepath.Join(m.loc.Input, "file_data")
+	root := m.loc.InferenceFolder()
 	_, samples, err := model.ImageFolder(root)
 	if err != nil {
 		return err
 	}
-	csvIn := filepath.Join(m.loc.Input, "dataset.csv")
+	csvIn := m.loc.DatasetCSV()
 	in, err := persistor.OpenRegular(csvIn)
 	if err != nil {
 		return err
@@ -194,7 +194,7 @@ func (c *command) infer(args []string) error {
 	if _, err := in.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	csvOut := filepath.Join(m.loc.Output, "dataset.csv")
+	csvOut := m.loc.ScoresCSV()
 	var rep *model.ScoreReport
 	if err := persistor.WriteFileAtomic(csvOut, 0o644, func(w io.Writer) error {
 		rep, err = plan.Write(ctx, in, w, preds)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/flarego/flarego/fcp"
 	"github.com/flarego/flarego/persistor"
 	"github.com/flarego/flarego/persistor/pickle"
 )
@@ -28,7 +29,7 @@ func (c *command) pt(args []string) error {
 		if *keyFile != "" {
 			k, err = persistor.ReadKeyFile(*keyFile)
 		} else {
-			k, err = persistor.DefaultLocations().KeyFile()
+			k, err = fcp.Default().KeyFile()
 			if err != nil {
 				err = fmt.Errorf("%s is encrypted: pass --key-file (%w)", name, err)
 			}

@@ -8,6 +8,12 @@
 // each sent as one line ended by \x03, the whole transmission ended by
 // \x04. Reply items are string, success, error, table (rows), dict, token
 // and shutdown.
+//
+// Entry points: [Server] answers the console (the server's admin port),
+// [Client] sends it one command per connection, and [Console] is the
+// operator's side over a Client, as NVFlare's admin tool runs it
+// (upload_app and wait_run done locally, replies printed as the tool
+// prints them).
 package hci
 
 import (

@@ -120,7 +120,18 @@ func TestPreLoginHugeHeaderRefused(t *testing.T) {
 		t.Fatalf("an upload from another address: %s", got)
 	}
 	// The slot is one: a second long upload while one is being read is
-	// refused at once.
+	// refused at once. The uploads above have let go of it.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		s.mu.Lock()
+		busy := s.upload
+		s.mu.Unlock()
+		if !busy {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the upload slot is still held after the refused uploads")
+		}
+	}
 	slow := dialFrom(t, "", addr)
 	defer slow.Close()
 	slow.Write(request("_upload_folder app "+strings.Repeat("C", 8<<10), "")[:6<<10])
@@ -221,7 +232,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestLoginBruteForceLockedOut(t *testing.T) {
 	var logMu sync.Mutex
 	var log bytes.Buffer
-	_, addr := limitServer(t, &Server{MaxLoginFailures: 3, LockOut: 700 * time.Millisecond,
+	// A lock-out long enough that no slowness of the machine ends it
+	// during the 40 guesses; its end is then brought forward by hand.
+	s, addr := limitServer(t, &Server{MaxLoginFailures: 3, LockOut: time.Minute,
 		Logf: func(f string, a ...any) { logMu.Lock(); fmt.Fprintf(&log, f+"\n", a...); logMu.Unlock() }})
 	rejected, locked := 0, 0
 	for i := 0; i < 40; i++ {
@@ -251,13 +264,17 @@ func TestLoginBruteForceLockedOut(t *testing.T) {
 	if text, tok := loginFrom(t, "127.0.0.2", addr, "admin", "admin"); tok == "" {
 		t.Fatalf("login from another address during the lock-out: %q", text)
 	}
-	time.Sleep(800 * time.Millisecond)
+	s.limiter.mu.Lock()
+	for _, f := range s.limiter.fails {
+		f.until = time.Now().Add(-time.Second) // the lock-out has passed
+	}
+	s.limiter.mu.Unlock()
 	if text, tok := loginFrom(t, "", addr, "admin", "admin"); tok == "" {
 		t.Fatalf("login after the lock-out: %q", text)
 	}
 	logMu.Lock()
 	defer logMu.Unlock()
-	if strings.Contains(log.String(), "\nforged log line") || !strings.Contains(log.String(), "locked for 700ms") {
+	if strings.Contains(log.String(), "\nforged log line") || !strings.Contains(log.String(), "locked for 1m0s") {
 		t.Fatalf("log:\n%s", log.String())
 	}
 }

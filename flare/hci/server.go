@@ -407,8 +407,10 @@ func (s *Server) serveConn(t *tracked) {
 		nc = tc
 	}
 	req, uploading, err := s.readRequest(t, nc, c.addr)
+	release := func() {}
 	if uploading {
-		defer s.endUpload()
+		release = sync.OnceFunc(s.endUpload)
+		defer release()
 	}
 	s.doneReading(t)
 	if err != nil {
@@ -417,7 +419,9 @@ func (s *Server) serveConn(t *tracked) {
 		c.Error("protocol violation: %v", err)
 		if errors.Is(err, ErrTooLarge) {
 			// The peer may still be sending: closing now would reset the
-			// connection and lose the reply.
+			// connection and lose the reply. The upload slot is not held
+			// through the linger: nothing more of this request is kept.
+			release()
 			defer lingerClose(nc)
 		}
 	} else {
@@ -609,6 +613,7 @@ func (s *Server) lookup(name string) (*Command, error) {
 	case name == "_logout":
 		return &Command{Name: "_logout", Handler: s.logout}, nil
 	case len(found) == 0:
+		//lint:ignore ST1005 NVFlare's console says it in these words
 		return nil, fmt.Errorf("Unknown command %q", name)
 	case len(found) > 1:
 		return nil, fmt.Errorf("Command %q exists in multiple scopes. Please use full command name", name)

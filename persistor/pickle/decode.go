@@ -31,8 +31,8 @@ const maxDepth = 200
 // An Unpickler reads pickles that may come from an attacker.
 type Unpickler struct {
 	// Allowed maps each permitted global to the Go value that stands for it
-	// (usually a types.Callable). Any other global is refused before a single
-	// object is built.
+	// (usually a [Func]; see [Callable] and the other hooks). Any other
+	// global is refused before a single object is built.
 	Allowed map[Global]any
 	// PersistentLoad resolves persistent ids (torch storages); nil refuses them.
 	PersistentLoad func(pid any) (any, error)

@@ -11,7 +11,10 @@
 // objects, and finally converts them into this package's plain values
 // (None→nil, bool, int64 or *big.Int, float64, string, []byte, [Tuple],
 // [List], [*Dict], [*OrderedDict]). Anything else must be a stand-in the
-// caller registered for an allowlisted global.
+// caller registered for an allowlisted global: a [Func] or a value with the
+// hooks [Callable], [PyNewable], [DictSetter] or [PyStateSettable], which
+// receives what the pickle passes it as gopickle built it ([GoTuple],
+// [GoDict]). This package is the only one that imports gopickle.
 //
 // Writing is ours, since gopickle only reads: [Encoder] writes protocol 2
 // exactly as CPython's pickler does for the same objects (memo numbering

@@ -58,7 +58,7 @@ def fail(msg):
 
 def pneumonia_model():
     """The seed's PneumoniaModel, from the benchmark script flarego embeds (one definition)."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "worker"))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
     from bench_model import PneumoniaModel
     return PneumoniaModel()
 

@@ -29,7 +29,7 @@ PYTHONPATH="$SRC" setsid "$PY" -u "$HERE/record_server.py" "$OUT" -m "$W/server"
 pids+=($!)
 for _ in $(seq 60); do (echo >/dev/tcp/127.0.0.1/8003) 2>/dev/null && break; sleep 1; done
 FLAREGO_CAPTURE_TARGET=localhost:8002 FLAREGO_CAPTURE_WS="$W/clients" GOEXPERIMENT=simd setsid bash -c \
-  'cd "$0" && exec go test -tags capture -count=1 -v -run TestCaptureClients ./flare' "$REPO" >"$W/clients.log" 2>&1 &
+  'cd "$0" && exec go test -tags capture -count=1 -v -run TestCaptureClients ./flare/client' "$REPO" >"$W/clients.log" 2>&1 &
 clients=$!
 pids+=($clients)
 PYTHONPATH="$SRC" "$PY" -u "$HERE/drive_admin.py" localhost 8003 "$W/admin/transfer" hello-numpy-sag | tee "$W/admin.log"
