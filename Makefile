@@ -78,8 +78,11 @@ RECIPE_ROOT ?= $(HOME)/.cache/flarego/nvf-trixie
 interop-nvflare-recipe: build
 	RECIPE_ROOT=$(RECIPE_ROOT) BIN=$(CURDIR)/$(BIN) ./scripts/interop-nvflare-recipe.sh
 
-bench: build python-peers
-	$(GO) test -run '^$$' -bench . -benchtime 5x ./persistor ./model
+# Benchmarks: the kernels and layers (go test -bench), then the persistor and the
+# model side by side with the peers in fresh processes: torch 1.13 (Debian 12), and
+# torch 2.6 and onnxruntime 1.21 from the Debian 13 root (running there needs root).
+bench: build python-peers debian13-root
+	$(GO) test -run '^$$' -bench . -benchtime 5x ./persistor ./model ./model/internal/kernels
 	$(BIN) bench persist --python $(PYTHON)
 	$(BIN) bench model --python $(PYTHON)
 

@@ -3,6 +3,9 @@
 
   bench_model.py train BATCH STEPS    Adam + CrossEntropyLoss steps
   bench_model.py infer BATCH STEPS    eval-mode forward passes under no_grad
+  bench_model.py ort BATCH STEPS      the eval-mode model exported to ONNX, run by
+                                      onnxruntime's CPU provider (all optimisations on)
+An optional THREADS argument sets torch's (or onnxruntime's) intra-op threads.
 Prints {"seconds": ..., "images": ...}.
 """
 import json
@@ -51,6 +54,21 @@ def main():
             opt.zero_grad()
             loss_fn(m(x), y).backward()
             opt.step()
+    elif op == "ort":
+        import io
+        import onnxruntime as ort
+        m.eval()
+        buf = io.BytesIO()
+        torch.onnx.export(m, x, buf, input_names=["x"], output_names=["logits"], opset_version=17)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if len(sys.argv) > 4:
+            so.intra_op_num_threads = int(sys.argv[4])
+        sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+        feed = {"x": x.numpy()}
+
+        def step():
+            sess.run(None, feed)
     else:
         m.eval()
 

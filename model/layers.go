@@ -22,7 +22,26 @@ type conv struct {
 	wt             []float32   // wᵀ, for dcols
 	dwPart         [][]float32 // per worker partial dW
 	needDX         bool
+
+	// The direct kernel (stride 1): the packed weights and bias of this
+	// forward, the tap offsets into a padded band, and per-worker bands.
+	packed, pbias []float32
+	off           []int
+	bands         [][]float32
+	// bn is a batch norm right after this conv: at inference it is folded
+	// into the weights (and its ReLU applied here), and does nothing itself.
+	bn    *batchNorm
+	wfold []float32
+	// The input gradient as a direct convolution of the padded output
+	// gradient with the flipped, transposed weights (stride 1).
+	packedT, zeroBias []float32
+	offT              []int
+	dyBands           [][]float32
 }
+
+// convBand is how many output rows the direct kernel takes at a time: the
+// padded input they read stays in the core's cache.
+const convBand = 8
 
 // convScratch is the per-worker column buffers all conv layers share.
 type convScratch struct {
@@ -56,11 +75,64 @@ func newConv(w, b *Param32, in, out []int, k, stride, pad, maxBatch int, needDX 
 		c.dx = make([]float32, maxBatch*c.cin*c.h*c.wd)
 		c.wt = make([]float32, len(w.W))
 	}
+	if stride == 1 && pad < k {
+		wp, hb := c.wd+2*pad, min(convBand, c.ho)+k-1
+		for ci := 0; ci < c.cin; ci++ {
+			for ky := 0; ky < k; ky++ {
+				for kx := 0; kx < k; kx++ {
+					c.off = append(c.off, (ci*hb+ky)*wp+kx)
+				}
+			}
+		}
+		for range workers {
+			c.bands = append(c.bands, make([]float32, c.cin*hb*wp))
+		}
+		c.pbias = make([]float32, c.cout)
+		if needDX {
+			// dx = conv(dy padded by k-1-pad, w flipped and transposed): its
+			// input channels are this conv's outputs.
+			pt := k - 1 - pad
+			wpt, hbt := c.wo+2*pt, min(convBand, c.h)+k-1
+			for o := 0; o < c.cout; o++ {
+				for ky := 0; ky < k; ky++ {
+					for kx := 0; kx < k; kx++ {
+						c.offT = append(c.offT, (o*hbt+ky)*wpt+kx)
+					}
+				}
+			}
+			for range workers {
+				c.dyBands = append(c.dyBands, make([]float32, c.cout*hbt*wpt))
+			}
+			c.zeroBias = make([]float32, c.cin)
+		}
+	}
 	return c
+}
+
+// fillBand copies rows [r0-pad, r0-pad+n) of the planes of img (planes
+// h×w) into band (planes of n rows of wp), zero where a row or column falls
+// outside the image: the padded input a direct convolution reads.
+func fillBand(band, img []float32, planes, h, w, wp, hb, r0, n, pad int) {
+	for ci := 0; ci < planes; ci++ {
+		for rr := 0; rr < n; rr++ {
+			dst := band[(ci*hb+rr)*wp : (ci*hb+rr+1)*wp]
+			iy := r0 + rr - pad
+			if iy < 0 || iy >= h {
+				clear(dst)
+				continue
+			}
+			clear(dst[:pad])
+			copy(dst[pad:pad+w], img[(ci*h+iy)*w:(ci*h+iy+1)*w])
+			clear(dst[pad+w:])
+		}
+	}
 }
 
 func (c *conv) forward(x []float32, n int, train bool) []float32 {
 	c.x = x
+	if c.off != nil {
+		return c.forwardDirect(x, n, train)
+	}
 	hw := c.ho * c.wo
 	in := c.cin * c.h * c.wd
 	parallelWorkers(n, func(wk, i int) {
@@ -78,7 +150,125 @@ func (c *conv) forward(x []float32, n int, train bool) []float32 {
 	return c.y[:n*c.cout*hw]
 }
 
+// forwardDirect is forward for stride 1 without im2col: each task copies
+// convBand output rows' worth of one image's input into a zero-padded band
+// and runs kernels.Conv on it. At inference a following batch norm is
+// folded into the weights and bias.
+func (c *conv) forwardDirect(x []float32, n int, train bool) []float32 {
+	hw := c.ho * c.wo
+	in := c.cin * c.h * c.wd
+	relu := c.relu
+	if c.bn != nil && !train {
+		c.packed = kernels.PackConv(c.foldBN(), c.cout, c.kk, c.packed)
+		relu = c.bn.relu
+	} else {
+		c.packed = kernels.PackConv(c.w.W, c.cout, c.kk, c.packed)
+		copy(c.pbias, c.b.W)
+	}
+	bands := (c.ho + convBand - 1) / convBand
+	wp, hb := c.wd+2*c.pad, min(convBand, c.ho)+c.k-1
+	parallelWorkers(n*bands, func(wk, task int) {
+		i, r0 := task/bands, task%bands*convBand
+		rows := min(convBand, c.ho-r0)
+		band := c.bands[wk]
+		fillBand(band, x[i*in:(i+1)*in], c.cin, c.h, c.wd, wp, hb, r0, rows+c.k-1, c.pad)
+		y := c.y[i*c.cout*hw+r0*c.wo:]
+		kernels.Conv(c.cout, c.packed, c.pbias, c.off, band, wp, y, hw, rows, c.wo, relu)
+	})
+	return c.y[:n*c.cout*hw]
+}
+
+// backwardDirect is backward for stride 1 without im2col. Each task, one
+// band of one image, adds its weight gradient (kernels.ConvGradW over the
+// same padded input band as forward) to its worker's partial sum, and
+// computes its rows of dx as a direct convolution of the padded output
+// gradient. Tasks go to workers in a fixed order, so the sums, and so
+// training, are the same run to run.
+func (c *conv) backwardDirect(dy []float32, n int) []float32 {
+	hw := c.ho * c.wo
+	in := c.cin * c.h * c.wd
+	if c.relu {
+		chunks(n*c.cout*hw, func(lo, hi int) { kernels.ReluGrad(dy[lo:hi], dy[lo:hi], c.y[lo:hi]) })
+	}
+	for _, p := range c.dwPart {
+		clear(p)
+	}
+	if c.needDX {
+		// w[o][ci][ky][kx] → wT[ci][o][k-1-ky][k-1-kx]
+		kk := c.k * c.k
+		if len(c.wt) != len(c.w.W) {
+			c.wt = make([]float32, len(c.w.W))
+		}
+		for o := 0; o < c.cout; o++ {
+			for ci := 0; ci < c.cin; ci++ {
+				src := c.w.W[(o*c.cin+ci)*kk : (o*c.cin+ci+1)*kk]
+				dst := c.wt[(ci*c.cout+o)*kk : (ci*c.cout+o+1)*kk]
+				for j, v := range src {
+					dst[kk-1-j] = v
+				}
+			}
+		}
+		c.packedT = kernels.PackConv(c.wt, c.cin, c.cout*kk, c.packedT)
+	}
+	bands := (c.ho + convBand - 1) / convBand
+	wp, hb := c.wd+2*c.pad, min(convBand, c.ho)+c.k-1
+	parallelStatic(n*bands, func(wk, task int) {
+		i, r0 := task/bands, task%bands*convBand
+		rows := min(convBand, c.ho-r0)
+		band := c.bands[wk]
+		fillBand(band, c.x[i*in:(i+1)*in], c.cin, c.h, c.wd, wp, hb, r0, rows+c.k-1, c.pad)
+		kernels.ConvGradW(c.cout, dy[i*c.cout*hw+r0*c.wo:], hw, rows, c.wo, c.off, band, wp, c.dwPart[wk])
+	})
+	if c.needDX {
+		pt := c.k - 1 - c.pad
+		wpt, hbt := c.wo+2*pt, min(convBand, c.h)+c.k-1
+		xbands := (c.h + convBand - 1) / convBand
+		parallelWorkers(n*xbands, func(wk, task int) {
+			i, r0 := task/xbands, task%xbands*convBand
+			rows := min(convBand, c.h-r0)
+			band := c.dyBands[wk]
+			fillBand(band, dy[i*c.cout*hw:(i+1)*c.cout*hw], c.cout, c.ho, c.wo, wpt, hbt, r0, rows+c.k-1, pt)
+			kernels.Conv(c.cin, c.packedT, c.zeroBias, c.offT, band, wpt, c.dx[i*in+r0*c.wd:], c.h*c.wd, rows, c.wd, false)
+		})
+	}
+	for _, p := range c.dwPart {
+		for j, v := range p {
+			c.w.G[j] += v
+		}
+	}
+	for i := 0; i < n; i++ {
+		for o := 0; o < c.cout; o++ {
+			c.b.G[o] += float32(kernels.Sum64(dy[(i*c.cout+o)*hw : (i*c.cout+o+1)*hw]))
+		}
+	}
+	if !c.needDX {
+		return nil
+	}
+	return c.dx[:n*in]
+}
+
+// foldBN returns the weights with the following batch norm's running
+// statistics folded in (w·γ/√(σ²+ε)), and sets pbias to match; the scale
+// and shift are the ones the batch norm applies itself at inference.
+func (c *conv) foldBN() []float32 {
+	bn := c.bn
+	if len(c.wfold) != len(c.w.W) {
+		c.wfold = make([]float32, len(c.w.W))
+	}
+	for o := 0; o < c.cout; o++ {
+		a, sh := bn.evalAffine(o)
+		for t, v := range c.w.W[o*c.kk : (o+1)*c.kk] {
+			c.wfold[o*c.kk+t] = v * a
+		}
+		c.pbias[o] = c.b.W[o]*a + sh
+	}
+	return c.wfold
+}
+
 func (c *conv) backward(dy []float32, n int) []float32 {
+	if c.off != nil {
+		return c.backwardDirect(dy, n)
+	}
 	hw := c.ho * c.wo
 	in := c.cin * c.h * c.wd
 	if c.needDX {
@@ -215,6 +405,16 @@ type batchNorm struct {
 	out         []float32 // the last output (for a fused ReLU's mask)
 	invstd      []float32
 	relu        bool // a following ReLU, fused
+	folded      bool // the conv before folds it in at inference
+}
+
+// evalAffine is what the batch norm does to channel c at inference:
+// x·a + sh, from its running statistics.
+func (bn *batchNorm) evalAffine(c int) (a, sh float32) {
+	invstd := 1 / math.Sqrt(float64(bn.rv[c])+bn.eps)
+	m, is := float32(bn.rm[c]), float32(invstd)
+	g := bn.g.W[c]
+	return is * g, bn.b.W[c] - m*is*g
 }
 
 // newBatchNorm makes a BatchNorm2d; with inPlace its output overwrites its
@@ -230,6 +430,9 @@ func newBatchNorm(g, b *Param32, rm, rv []float32, nbt []int64, in []int, maxBat
 }
 
 func (bn *batchNorm) forward(x []float32, n int, train bool) []float32 {
+	if bn.folded && !train {
+		return x
+	}
 	y := x[:n*bn.c*bn.hw]
 	if bn.y != nil {
 		y = bn.y[:n*bn.c*bn.hw]
@@ -261,19 +464,17 @@ func (bn *batchNorm) forward(x []float32, n int, train bool) []float32 {
 			bn.rv[c] = float32((1-bn.mom)*float64(bn.rv[c]) + bn.mom*unbiased)
 			bn.invstd[c] = float32(invstd)
 		} else {
-			mean = float64(bn.rm[c])
-			invstd = 1 / math.Sqrt(float64(bn.rv[c])+bn.eps)
+			a, sh := bn.evalAffine(c)
+			for i := 0; i < n; i++ {
+				off := (i*bn.c + c) * bn.hw
+				kernels.BNApply(x[off:off+bn.hw], y[off:off+bn.hw], a, sh, bn.relu)
+			}
+			return
 		}
 		m, is, g, b := float32(mean), float32(invstd), bn.g.W[c], bn.b.W[c]
 		for i := 0; i < n; i++ {
 			off := (i*bn.c + c) * bn.hw
-			xs, ys := x[off:off+bn.hw], y[off:off+bn.hw]
-			if train {
-				// Only training needs x̂ (for backward).
-				kernels.BNNormalize(xs, bn.xhat[off:off+bn.hw], ys, m, is, g, b, bn.relu)
-			} else {
-				kernels.BNApply(xs, ys, is*g, b-m*is*g, bn.relu)
-			}
+			kernels.BNNormalize(x[off:off+bn.hw], bn.xhat[off:off+bn.hw], y[off:off+bn.hw], m, is, g, b, bn.relu)
 		}
 	})
 	return y
@@ -477,19 +678,53 @@ type linear struct {
 	x       []float32
 	y, dx   []float32
 	needDX  bool
+	part    []float32 // per-chunk sums of a wide input (nil when narrow)
 }
 
+// linearChunk is how much of a wide input one task of linear.forward
+// takes: its slices of every image and every weight row stay in cache
+// while each pair is multiplied, so the weights are read once per batch.
+const linearChunk = 32 << 10
+
 func newLinear(w, b *Param32, in, out, maxBatch int, needDX bool) *linear {
-	return &linear{w: w, b: b, in: in, out: out, y: make([]float32, maxBatch*out), dx: make([]float32, maxBatch*in), needDX: needDX}
+	l := &linear{w: w, b: b, in: in, out: out, y: make([]float32, maxBatch*out), dx: make([]float32, maxBatch*in), needDX: needDX}
+	if in > linearChunk {
+		l.part = make([]float32, (in+linearChunk-1)/linearChunk*maxBatch*out)
+	}
+	return l
 }
 
 func (l *linear) forward(x []float32, n int, train bool) []float32 {
 	l.x = x
 	y := l.y[:n*l.out]
-	parallelFor(n*l.out, func(j int) {
-		i, o := j/l.out, j%l.out
-		y[j] = kernels.Dot(x[i*l.in:(i+1)*l.in], l.w.W[o*l.in:(o+1)*l.in]) + l.b.W[o]
+	if l.part == nil {
+		parallelFor(n*l.out, func(j int) {
+			i, o := j/l.out, j%l.out
+			y[j] = kernels.Dot(x[i*l.in:(i+1)*l.in], l.w.W[o*l.in:(o+1)*l.in]) + l.b.W[o]
+		})
+		return y
+	}
+	// A wide input (the pneumonia net's 401,408 features): each task takes
+	// one chunk of the features for every image and output; the chunks'
+	// sums are then added in order.
+	tasks := (l.in + linearChunk - 1) / linearChunk
+	parallelFor(tasks, func(c int) {
+		lo, hi := c*linearChunk, min((c+1)*linearChunk, l.in)
+		part := l.part[c*n*l.out : (c+1)*n*l.out]
+		for o := 0; o < l.out; o++ {
+			wo := l.w.W[o*l.in+lo : o*l.in+hi]
+			for i := 0; i < n; i++ {
+				part[i*l.out+o] = kernels.Dot(x[i*l.in+lo:i*l.in+hi], wo)
+			}
+		}
 	})
+	for j := range y {
+		s := l.b.W[j%l.out]
+		for c := 0; c < tasks; c++ {
+			s += l.part[c*n*l.out+j]
+		}
+		y[j] = s
+	}
 	return y
 }
 

@@ -206,7 +206,14 @@ func NewNet(s *Spec, sd *persistor.StateDict, maxBatch int) (*Net, error) {
 			if mom == 0 {
 				mom = 0.1
 			}
-			ly = newBatchNorm(g, b, rm, rv, counter, in, maxBatch, eps, mom, produced, fuseReLU)
+			bn := newBatchNorm(g, b, rm, rv, counter, in, maxBatch, eps, mom, produced, fuseReLU)
+			if i > 0 && s.Layers[i-1].Op == "conv2d" {
+				if prev, ok := net.layers[len(net.layers)-1].(*conv); ok && prev.off != nil {
+					// At inference the conv applies this batch norm (and its ReLU).
+					prev.bn, bn.folded = bn, true
+				}
+			}
+			ly = bn
 		case "relu":
 			ly = newReLU(shapeSize(in), maxBatch, produced)
 		case "maxpool2d":

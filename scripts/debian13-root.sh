@@ -2,7 +2,8 @@
 # debian13-root.sh ROOT — a Debian 13 (trixie) root for the interop checks that need newer Python
 # peers than Debian 12 packages: torch 2.6, torchvision, safetensors, onnxruntime, cryptography 43,
 # Python 3.13, and the Debian packages NVFlare 2.8's server imports (grpcio, protobuf, msgpack,
-# psutil, yaml, requests, numpy, websockets, aiohttp).
+# psutil, yaml, requests, numpy, websockets, aiohttp), and jemalloc for `flarego bench model`'s tuned
+# torch 2.6.
 #
 # The first run takes a few minutes and about 2 GB (debootstrap, then apt inside the root); later
 # runs see the stamp ROOT/.flarego-debian13 naming the same package list and only check that
@@ -18,7 +19,7 @@ case "$ROOT" in /*) ;; *) ROOT="$PWD/$ROOT" ;; esac
 SUITE=trixie
 PKGS="python3 python3-torch python3-torchvision python3-numpy python3-safetensors python3-cryptography
 python3-onnxruntime python3-onnx python3-pil python3-grpcio python3-protobuf python3-msgpack python3-psutil
-python3-yaml python3-requests python3-websockets python3-aiohttp"
+python3-yaml python3-requests python3-websockets python3-aiohttp libjemalloc2"
 PKGS=$(echo $PKGS)
 IMPORTS="torch, torchvision, safetensors, onnxruntime, onnx, cryptography, numpy, grpc, google.protobuf, msgpack, psutil, yaml, requests, websockets, aiohttp"
 STAMP="$ROOT/.flarego-debian13"

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/flarego/flarego/bench"
@@ -31,16 +32,17 @@ func (c *command) bench(args []string) error {
 			return bench.Persist(env, bench.PersistOptions{Cases: strings.Split(*cases, ","), Repeat: *repeat, Python: *python})
 		}
 	case "model":
-		fs := c.flags("bench model", "[--batches 4,16] [--steps N] [--repeat N] [--python PATH]")
+		fs := c.flags("bench model", "[--batches 4,16] [--steps N] [--repeat N] [--python PATH] [--root DIR]")
 		batches := fs.String("batches", "4,16", "batch sizes")
 		steps := fs.Int("steps", 10, "timed steps per run (after 2 warm-up steps)")
 		repeat := fs.Int("repeat", 3, "runs per measurement (the median is reported)")
 		python := fs.String("python", "/usr/bin/python3", "Python with torch, for the side-by-side ('' to skip)")
+		root := fs.String("root", debian13Root(), "Debian 13 root with torch 2.6 and onnxruntime (make debian13-root; '' to skip)")
 		if _, err := parse(fs, args[1:], 0, 0); err != nil {
 			return err
 		}
 		run = func(env bench.Env) error {
-			return bench.Model(env, bench.ModelOptions{Batches: strings.Split(*batches, ","), Steps: *steps, Repeat: *repeat, Python: *python})
+			return bench.Model(env, bench.ModelOptions{Batches: strings.Split(*batches, ","), Steps: *steps, Repeat: *repeat, Python: *python, Root: *root})
 		}
 	case "fl":
 		fs := c.flags("bench fl", "[--clients N] [--wire 2.0,2.4]")
@@ -72,4 +74,16 @@ func (c *command) bench(args []string) error {
 		return err
 	}
 	return run(bench.Env{Stdout: c.stdout, Stderr: c.stderr, Child: []string{self, "bench", "--child"}})
+}
+
+// debian13Root is where make debian13-root puts the Debian 13 peers:
+// $FLAREGO_DEBIAN13_ROOT, else ~/.cache/flarego/debian13.
+func debian13Root() string {
+	if r := os.Getenv("FLAREGO_DEBIAN13_ROOT"); r != "" {
+		return r
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".cache", "flarego", "debian13")
+	}
+	return ""
 }

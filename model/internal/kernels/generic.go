@@ -135,3 +135,76 @@ func sgemmNTGeneric(m, n, k int, a, b, c []float32) {
 		}
 	}
 }
+
+// PackConv lays out the weights of a convolution for Conv: w is PyTorch's
+// [cout][taps] (taps = cin·k·k), packed holds blocks of four output channels,
+// tap-major within a block ([block][tap][4]); channels past cout are zero.
+// It returns packed[:4·⌈cout/4⌉·taps], reusing packed when it is long enough.
+func PackConv(w []float32, cout, taps int, packed []float32) []float32 {
+	blocks := (cout + 3) / 4
+	n := blocks * taps * 4
+	if cap(packed) < n {
+		packed = make([]float32, n)
+	}
+	packed = packed[:n]
+	for b := 0; b < blocks; b++ {
+		blk := packed[b*taps*4 : (b+1)*taps*4]
+		for j := 0; j < 4; j++ {
+			o := 4*b + j
+			if o >= cout {
+				for t := 0; t < taps; t++ {
+					blk[4*t+j] = 0
+				}
+				continue
+			}
+			for t, v := range w[o*taps : (o+1)*taps] {
+				blk[4*t+j] = v
+			}
+		}
+	}
+	return packed
+}
+
+// convGeneric is Conv for output columns [c0, wo) of every row: each output
+// starts at its bias and adds its taps' products in tap order (row by row,
+// one Axpy per tap).
+func convGeneric(cout int, packed, bias []float32, off []int, xp []float32, wp int, y []float32, ys, rows, wo, c0 int, relu bool) {
+	taps := len(off)
+	for o := 0; o < cout; o++ {
+		blk := packed[(o/4)*taps*4:]
+		j := o % 4
+		for r := 0; r < rows; r++ {
+			yr := y[o*ys+r*wo+c0 : o*ys+(r+1)*wo]
+			for c := range yr {
+				yr[c] = bias[o]
+			}
+			for t, d := range off {
+				at := d + r*wp + c0
+				axpyGeneric(blk[4*t+j], xp[at:at+len(yr)], yr)
+			}
+			if relu {
+				reluGeneric(yr, yr)
+			}
+		}
+	}
+}
+
+// convGradWGeneric is ConvGradW for output channels [o0, cout) and columns
+// [c0, wo): for each weight, the products in row and column order summed
+// from zero, then added to dw.
+func convGradWGeneric(cout int, dy []float32, ys, rows, wo int, off []int, xp []float32, wp int, dw []float32, o0, c0 int) {
+	taps := len(off)
+	for o := o0; o < cout; o++ {
+		for t, d := range off {
+			var s float32
+			for r := 0; r < rows; r++ {
+				dr := dy[o*ys+r*wo : o*ys+(r+1)*wo]
+				xr := xp[d+r*wp:]
+				for c := c0; c < wo; c++ {
+					s += float32(dr[c] * xr[c])
+				}
+			}
+			dw[o*taps+t] += s
+		}
+	}
+}

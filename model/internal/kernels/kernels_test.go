@@ -13,9 +13,12 @@ import (
 // inputs, vector tails and block edges, with and without NaN, ±Inf and -0.
 
 func TestPath(t *testing.T) {
-	if hasAVX512 {
+	switch {
+	case hasAVX512:
 		t.Log("comparing the AVX-512 entry points with the generic functions")
-	} else {
+	case hasAVX2:
+		t.Log("comparing the AVX2 entry points (convolution, products, Dot, Axpy) with the generic functions")
+	default:
 		t.Log("no AVX-512 path in this build or on this CPU: the entry points are the generic functions")
 	}
 }
@@ -196,7 +199,7 @@ func TestReductions(t *testing.T) {
 			name := fmt.Sprintf("n=%d special=%v", n, special)
 			x, y := vec(rng, n, special), vec(rng, n, special)
 			m := float32(rng.NormFloat64() * 0.1)
-			exactDot, exact16 := n < 32, n < 16
+			exactDot, exact16 := vecWidth() == 0 || n < 2*vecWidth(), vecWidth() == 0 || n < vecWidth()
 
 			got, want := Dot(x, y), dotGeneric(x, y)
 			if exactDot && !same(got, want) || !agree(float64(got), float64(want), absDot(x, y), n) {
@@ -251,7 +254,7 @@ func TestSgemm(t *testing.T) {
 			got, want := slices.Clone(c0), slices.Clone(c0)
 			SgemmNN(s.m, s.n, s.k, a, b, got)
 			sgemmNNGeneric(s.m, s.n, s.k, a, b, want)
-			exact := s.m < 4 || s.n < 32
+			exact := vecWidth() == 0 || s.m < 4 || s.n < 2*vecWidth()
 			for i := 0; i < s.m; i++ {
 				for j := 0; j < s.n; j++ {
 					mag := math.Abs(float64(c0[i*s.n+j]))
@@ -269,7 +272,7 @@ func TestSgemm(t *testing.T) {
 			got, want = slices.Clone(c0), slices.Clone(c0)
 			SgemmNT(s.m, s.n, s.k, a, bt, got)
 			sgemmNTGeneric(s.m, s.n, s.k, a, bt, want)
-			exact = s.k < 16
+			exact = vecWidth() == 0 || s.k < vecWidth()
 			for i := 0; i < s.m; i++ {
 				for j := 0; j < s.n; j++ {
 					mag := math.Abs(float64(c0[i*s.n+j])) + absDot(a[i*s.k:(i+1)*s.k], bt[j*s.k:(j+1)*s.k])

@@ -4,7 +4,7 @@ package kernels
 
 // Without GOEXPERIMENT=simd on amd64 every entry point is the generic loop.
 
-const hasAVX512 = false
+const hasAVX512, hasAVX2 = false, false
 
 // Axpy adds alpha·x to y.
 func Axpy(alpha float32, x, y []float32) { axpyGeneric(alpha, x, y) }
@@ -43,3 +43,23 @@ func SgemmNN(m, n, k int, a, b, c []float32) { sgemmNNGeneric(m, n, k, a, b, c) 
 
 // SgemmNT adds a·bᵀ to c: a is m×k, b is n×k, c is m×n, all row-major.
 func SgemmNT(m, n, k int, a, b, c []float32) { sgemmNTGeneric(m, n, k, a, b, c) }
+
+// Conv is a stride-1 convolution of a padded input: for o < cout, r < rows
+// and c < wo, y[o·ys + r·wo + c] = bias[o] + Σₜ w[o][t]·xp[off[t] + r·wp + c]
+// (ReLU'd when relu), packed holding w as PackConv lays it out.
+func Conv(cout int, packed, bias []float32, off []int, xp []float32, wp int, y []float32, ys, rows, wo int, relu bool) {
+	convGeneric(cout, packed, bias, off, xp, wp, y, ys, rows, wo, 0, relu)
+}
+
+// vecWidth is the vector width of Dot, Axpy and the matrix products (0:
+// the generic loops).
+func vecWidth() int { return 0 }
+
+// convWidth is the vector width of Conv (0: the generic loop).
+func convWidth() int { return 0 }
+
+// ConvGradW adds the weight gradient of Conv over a band to dw ([cout][taps]):
+// dw[o][t] += Σ_{r<rows, c<wo} dy[o·ys + r·wo + c] · xp[off[t] + r·wp + c].
+func ConvGradW(cout int, dy []float32, ys, rows, wo int, off []int, xp []float32, wp int, dw []float32) {
+	convGradWGeneric(cout, dy, ys, rows, wo, off, xp, wp, dw, 0, 0)
+}

@@ -14,6 +14,9 @@ var hasAVX512 = archsimd.X86.AVX512()
 func Axpy(alpha float32, x, y []float32) {
 	y = y[:len(x)]
 	i := 0
+	if hasAVX2 && !hasAVX512 {
+		i = axpyAVX2(alpha, x, y)
+	}
 	if hasAVX512 {
 		va := archsimd.BroadcastFloat32x16(alpha)
 		for ; i+16 <= len(x); i += 16 {
@@ -29,6 +32,9 @@ func Axpy(alpha float32, x, y []float32) {
 // sixteen lanes over blocks of 32, the lanes then added in order, then the
 // generic sum of the rest.
 func Dot(x, y []float32) float32 {
+	if hasAVX2 && !hasAVX512 && len(x) >= 16 {
+		return dotAVX2(x, y)
+	}
 	if !hasAVX512 || len(x) < 32 {
 		return dotGeneric(x, y)
 	}
@@ -61,6 +67,10 @@ func hsum(v archsimd.Float32x16) float32 {
 // of 4096, added in float64 (which keeps batch-norm statistics accurate),
 // then the generic sum of the rest.
 func Sum64(x []float32) float64 {
+	if hasAVX2 && !hasAVX512 {
+		s, i := sum64AVX2(x)
+		return s + sum64Generic(x[i:])
+	}
 	if !hasAVX512 || len(x) < 16 {
 		return sum64Generic(x)
 	}
@@ -82,6 +92,10 @@ func Sum64(x []float32) float64 {
 
 // SumSqDev64 returns Σ (x-m)², blocked like Sum64.
 func SumSqDev64(x []float32, m float32) float64 {
+	if hasAVX2 && !hasAVX512 {
+		s, i := sumSqDev64AVX2(x, m)
+		return s + sumSqDev64Generic(x[i:], m)
+	}
 	if !hasAVX512 || len(x) < 16 {
 		return sumSqDev64Generic(x, m)
 	}
@@ -112,6 +126,9 @@ func relu16(v, zero archsimd.Float32x16) archsimd.Float32x16 {
 func Relu(y, x []float32) {
 	y = y[:len(x)]
 	i := 0
+	if hasAVX2 && !hasAVX512 {
+		i = reluAVX2(y, x)
+	}
 	if hasAVX512 {
 		var zero archsimd.Float32x16
 		for ; i+16 <= len(x); i += 16 {
@@ -125,6 +142,9 @@ func Relu(y, x []float32) {
 func ReluGrad(dx, dy, y []float32) {
 	dx, y = dx[:len(dy)], y[:len(dy)]
 	i := 0
+	if hasAVX2 && !hasAVX512 {
+		i = reluGradAVX2(dx, dy, y)
+	}
 	if hasAVX512 {
 		var zero archsimd.Float32x16
 		for ; i+16 <= len(dy); i += 16 {
@@ -140,6 +160,9 @@ func ReluGrad(dx, dy, y []float32) {
 func BNNormalize(x, xh, y []float32, m, is, g, b float32, relu bool) {
 	xh, y = xh[:len(x)], y[:len(x)]
 	i := 0
+	if hasAVX2 && !hasAVX512 {
+		i = bnNormalizeAVX2(x, xh, y, m, is, g, b, relu)
+	}
 	if hasAVX512 {
 		vm, vis, vg, vb := archsimd.BroadcastFloat32x16(m), archsimd.BroadcastFloat32x16(is), archsimd.BroadcastFloat32x16(g), archsimd.BroadcastFloat32x16(b)
 		var zero archsimd.Float32x16
@@ -160,6 +183,9 @@ func BNNormalize(x, xh, y []float32, m, is, g, b float32, relu bool) {
 func BNApply(x, y []float32, a, c float32, relu bool) {
 	y = y[:len(x)]
 	i := 0
+	if hasAVX2 && !hasAVX512 {
+		i = bnApplyAVX2(x, y, a, c, relu)
+	}
 	if hasAVX512 {
 		va, vc := archsimd.BroadcastFloat32x16(a), archsimd.BroadcastFloat32x16(c)
 		var zero archsimd.Float32x16
@@ -176,6 +202,12 @@ func BNApply(x, y []float32, a, c float32, relu bool) {
 
 // Dot2Sum64 returns Σ d·x and Σ d, blocked like Sum64.
 func Dot2Sum64(d, x []float32) (float64, float64) {
+	if hasAVX2 && !hasAVX512 {
+		x = x[:len(d)]
+		s, t, i := dot2sum64AVX2(d, x)
+		ps, pt := dot2sum64Generic(d[i:], x[i:])
+		return s + ps, t + pt
+	}
 	if !hasAVX512 || len(d) < 16 {
 		return dot2sum64Generic(d, x)
 	}
@@ -206,6 +238,9 @@ func Dot2Sum64(d, x []float32) (float64, float64) {
 func BNBackward(d, xh, dx []float32, k, mdb, mdg float32) {
 	xh, dx = xh[:len(d)], dx[:len(d)]
 	i := 0
+	if hasAVX2 && !hasAVX512 {
+		i = bnBackwardAVX2(d, xh, dx, k, mdb, mdg)
+	}
 	if hasAVX512 {
 		vk, vdb, vdg := archsimd.BroadcastFloat32x16(k), archsimd.BroadcastFloat32x16(mdb), archsimd.BroadcastFloat32x16(mdg)
 		for ; i+16 <= len(d); i += 16 {
@@ -223,6 +258,10 @@ func BNBackward(d, xh, dx []float32, k, mdb, mdg float32) {
 // using fused multiply-adds; the rows and columns that do not fill a block
 // are Axpy's.
 func SgemmNN(m, n, k int, a, b, c []float32) {
+	if hasAVX2 && !hasAVX512 {
+		sgemmNNAVX2(m, n, k, a, b, c)
+		return
+	}
 	if !hasAVX512 {
 		sgemmNNGeneric(m, n, k, a, b, c)
 		return
@@ -297,7 +336,7 @@ func nnRowTail(k, n, j int, a, b, crow []float32) {
 // 512 of k, each block's sums added to c. The rows and columns that do
 // not fill a 4×4 block are Dot's.
 func SgemmNT(m, n, k int, a, b, c []float32) {
-	if !hasAVX512 {
+	if !hasAVX512 && !hasAVX2 {
 		sgemmNTGeneric(m, n, k, a, b, c)
 		return
 	}
@@ -329,6 +368,11 @@ func SgemmNT(m, n, k int, a, b, c []float32) {
 // and b (each lda apart) to c, as two 2×4 passes: eight accumulators and
 // five operands fit the sixteen vector registers Go allocates.
 func kernelNT4x4(k, lda int, a, b, c []float32, ldc int) {
+	if !hasAVX512 {
+		kernelNT2x4AVX2(k, lda, a, b, c, ldc)
+		kernelNT2x4AVX2(k, lda, a[2*lda:], b, c[2*ldc:], ldc)
+		return
+	}
 	kernelNT2x4(k, lda, a, b, c, ldc)
 	kernelNT2x4(k, lda, a[2*lda:], b, c[2*ldc:], ldc)
 }
@@ -374,4 +418,51 @@ func kernelNT2x4(k, lda int, a, b, c []float32, ldc int) {
 			c[r*ldc+q] += s
 		}
 	}
+}
+
+// Conv is a stride-1 convolution of a padded input: for o < cout, r < rows
+// and c < wo, y[o·ys + r·wo + c] = bias[o] + Σₜ w[o][t]·xp[off[t] + r·wp + c]
+// (ReLU'd when relu), packed holding w as PackConv lays it out and off
+// increasing. With AVX2 (AVX-512 CPUs have it too) it works on four output
+// channels by 16 or 8 columns at a time, one fused multiply-add per tap, in
+// tap order; columns past the last multiple of 8 take the generic loop.
+func Conv(cout int, packed, bias []float32, off []int, xp []float32, wp int, y []float32, ys, rows, wo int, relu bool) {
+	if !hasAVX2 || wo < 8 || rows == 0 || len(off) == 0 {
+		convGeneric(cout, packed, bias, off, xp, wp, y, ys, rows, wo, 0, relu)
+		return
+	}
+	convAVX2(cout, packed, bias, off, xp, wp, y, ys, rows, wo, relu)
+}
+
+// vecWidth is the vector width of Dot, Axpy and the matrix products
+// (0: the generic loops).
+func vecWidth() int {
+	switch {
+	case hasAVX512:
+		return 16
+	case hasAVX2:
+		return 8
+	}
+	return 0
+}
+
+// convWidth is the vector width of Conv (0: the generic loop).
+func convWidth() int {
+	if hasAVX2 {
+		return 8
+	}
+	return 0
+}
+
+// ConvGradW adds the weight gradient of Conv over a band to dw ([cout][taps]):
+// dw[o][t] += Σ_{r<rows, c<wo} dy[o·ys + r·wo + c] · xp[off[t] + r·wp + c].
+// With AVX2 four output channels and two taps at a time are summed in
+// eight vectors over the whole band, columns past the last multiple of 8
+// and channels past the last multiple of 4 by the generic loop.
+func ConvGradW(cout int, dy []float32, ys, rows, wo int, off []int, xp []float32, wp int, dw []float32) {
+	if !hasAVX2 || wo < 8 || rows == 0 || len(off) == 0 {
+		convGradWGeneric(cout, dy, ys, rows, wo, off, xp, wp, dw, 0, 0)
+		return
+	}
+	convGradWAVX2(cout, dy, ys, rows, wo, off, xp, wp, dw)
 }
