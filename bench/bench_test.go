@@ -56,9 +56,9 @@ func TestMeasurementsPrintTheirTables(t *testing.T) {
 		`^pneumonia  save  +[0-9.]+ +- +- +[0-9]+ +- +-$`,
 		`^pneumonia  load  +[0-9.]+ +- +- +[0-9]+ +- +-$`,
 		`^flarego bench model: PneumoniaModel, 3x224x224, 1 timed steps after 2 warm-up, median of 1 fresh processes$`,
-		`^op     batch    go img/s      torch go/torch      tuned go/tuned    go MB  torch MB$`,
-		`^train  1      +[0-9.]+ +- +- +- +- +[0-9]+ +-$`,
-		`^infer  1      +[0-9.]+ +- +- +- +- +[0-9]+ +-$`,
+		`^op     batch  peer +img/s   go/peer  peak MB  MB/go MB$`,
+		`^train  1      go +[0-9.]+ +- +[0-9]+ +-$`,
+		`^infer  1      go +[0-9.]+ +- +[0-9]+ +-$`,
 		`^flarego bench fl: 2 clients on loopback, PneumoniaModel \([0-9.]+ MB each way\), 1 round, clients return perturbed weights$`,
 		`^round [0-9.]+ s \(first task out to model saved\), aggregation [0-9.+Inf]+ MB/s of results, server peak RSS [0-9]+ MB, wall [0-9.]+ s$`,
 	}
