@@ -231,20 +231,7 @@ func (c *conv) backwardDirect(dy []float32, n int) []float32 {
 			kernels.Conv(c.cin, c.packedT, c.zeroBias, c.offT, band, wpt, c.dx[i*in+r0*c.wd:], c.h*c.wd, rows, c.wd, false)
 		})
 	}
-	for _, p := range c.dwPart {
-		for j, v := range p {
-			c.w.G[j] += v
-		}
-	}
-	for i := 0; i < n; i++ {
-		for o := 0; o < c.cout; o++ {
-			c.b.G[o] += float32(kernels.Sum64(dy[(i*c.cout+o)*hw : (i*c.cout+o+1)*hw]))
-		}
-	}
-	if !c.needDX {
-		return nil
-	}
-	return c.dx[:n*in]
+	return c.finishBackward(dy, n)
 }
 
 // foldBN returns the weights with the following batch norm's running
@@ -294,6 +281,13 @@ func (c *conv) backward(dy []float32, n int) []float32 {
 			col2im(dcols, c.dx[i*in:(i+1)*in], c.cin, c.h, c.wd, c.k, c.stride, c.pad, c.ho, c.wo)
 		}
 	})
+	return c.finishBackward(dy, n)
+}
+
+// finishBackward adds the workers' partial weight gradients and the bias
+// gradient to the parameters and returns dx (nil when not needed).
+func (c *conv) finishBackward(dy []float32, n int) []float32 {
+	hw := c.ho * c.wo
 	for _, p := range c.dwPart {
 		for j, v := range p {
 			c.w.G[j] += v
@@ -307,7 +301,7 @@ func (c *conv) backward(dy []float32, n int) []float32 {
 	if !c.needDX {
 		return nil
 	}
-	return c.dx[:n*in]
+	return c.dx[:n*c.cin*c.h*c.wd]
 }
 
 // im2col lays out each k×k patch of x (cin×h×w) as a column: row
