@@ -37,7 +37,7 @@ func (c *command) bench(args []string) error {
 		steps := fs.Int("steps", 10, "timed steps per run (after 2 warm-up steps)")
 		repeat := fs.Int("repeat", 3, "runs per measurement (the median is reported)")
 		python := fs.String("python", "/usr/bin/python3", "Python with torch, for the side-by-side ('' to skip)")
-		root := fs.String("root", debian13Root(), "Debian 13 root with torch 2.6 and onnxruntime (make debian13-root; '' to skip)")
+		root := fs.String("root", defaultDebian13Root(), "Debian 13 root with torch 2.6 and onnxruntime (make debian13-root; '' to skip)")
 		if _, err := parse(fs, args[1:], 0, 0); err != nil {
 			return err
 		}
@@ -76,9 +76,9 @@ func (c *command) bench(args []string) error {
 	return run(bench.Env{Stdout: c.stdout, Stderr: c.stderr, Child: []string{self, "bench", "--child"}})
 }
 
-// debian13Root is where make debian13-root puts the Debian 13 peers:
+// defaultDebian13Root is where make debian13-root puts the Debian 13 peers:
 // $FLAREGO_DEBIAN13_ROOT, else ~/.cache/flarego/debian13.
-func debian13Root() string {
+func defaultDebian13Root() string {
 	if r := os.Getenv("FLAREGO_DEBIAN13_ROOT"); r != "" {
 		return r
 	}
