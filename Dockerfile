@@ -1,17 +1,19 @@
 # The FCP container: a static flarego on an empty base, the job with only
 # its encrypted architecture, no key (FCP mounts it at run time), non-root.
 #
-# Before building, encrypt the architecture with the job's key:
-#   flarego encrypt testdata/pneumonia_spec.json KEYFILE job/pneumonia/custom/network.json.enc
-FROM golang:1.26 AS build
-WORKDIR /src
-COPY go.mod go.sum ./
-RUN go mod download
-COPY . .
-RUN CGO_ENABLED=0 GOEXPERIMENT=simd go build -trimpath -ldflags "-s -w" -o /out/flarego ./worker
-
+# Built by `make image KEY=FILE [SPEC=FILE] [IMAGE=NAME:TAG]` (scripts/image.sh),
+# which encrypts the architecture with the key, builds the binary with the
+# local Go and stages the build context (out/image/); nothing is pulled.
+# Dockerfile.multistage builds the binary in golang:1.26 instead, for
+# machines with a registry.
 FROM scratch
-COPY --from=build /out/flarego /flarego
+ARG VERSION=dev
+ARG SOURCE=https://github.com/flarego/flarego
+LABEL org.opencontainers.image.title="flarego" \
+      org.opencontainers.image.description="Federated pneumonia model with an encrypted architecture and weights (NVFlare-compatible)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.source="${SOURCE}"
+COPY flarego /flarego
 COPY job/pneumonia/config /app/config
 COPY job/pneumonia/custom/network.json.enc /app/custom/network.json.enc
 USER 5642:5642

@@ -9,12 +9,21 @@ BIN       := bin/flarego
 PY_DEBS   := python3-torch python3-torchvision python3-cryptography python3-numpy libjemalloc2 \
              python3-msgpack python3-grpcio python3-protobuf python3-psutil python3-yaml python3-requests
 
-.PHONY: all build test race fuzz interop interop-nvflare-main interop-nvflare-recipe python-peers debian13-root bench demo proto lint clean
+.PHONY: all build image test race fuzz interop interop-nvflare-main interop-nvflare-recipe python-peers debian13-root bench demo proto lint clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN) ./worker
+
+# The FCP container image, built without pulling anything: the architecture
+# (SPEC, default the pneumonia model) encrypted with KEY, the static binary
+# and the job configs on scratch (scripts/image.sh, Dockerfile).
+KEY   ?=
+SPEC  ?= testdata/pneumonia_spec.json
+IMAGE ?=
+image:
+	./scripts/image.sh "$(KEY)" "$(SPEC)" $(IMAGE)
 
 # Unit tests, command-line script tests, the race detector, then each fuzz
 # target briefly.

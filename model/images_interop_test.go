@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/image/bmp"
 
+	peertool "github.com/flarego/flarego/internal/peer"
 	"github.com/flarego/flarego/persistor"
 )
 
@@ -57,10 +58,14 @@ func writeTestImages(t *testing.T, dir string) []string {
 }
 
 func TestInteropTransformsMatchTorchvision(t *testing.T) {
+	peertool.EachTorch(t, transformsMatchTorchvision)
+}
+
+func transformsMatchTorchvision(t *testing.T, py peertool.Torch) {
 	dir := t.TempDir()
 	paths := writeTestImages(t, dir)
 	out := filepath.Join(dir, "tv.pt")
-	peer(t, append([]string{"transform", out}, paths...)...)
+	py.Run(t, append([]string{"transform", out}, paths...)...)
 	tv := loadPT(t, out)
 	for i, p := range paths {
 		name := filepath.Base(p)

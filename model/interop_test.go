@@ -15,8 +15,6 @@ import (
 	"github.com/flarego/flarego/persistor/pickle"
 )
 
-func peer(t *testing.T, args ...string) { peertool.Run(t, args...) }
-
 func savePT(t *testing.T, path string, v any) {
 	t.Helper()
 	var buf bytes.Buffer
@@ -74,7 +72,9 @@ func randomInput(n int, seed uint64) []float32 {
 	return x
 }
 
-func TestInteropForwardMatchesTorch(t *testing.T) {
+func TestInteropForwardMatchesTorch(t *testing.T) { peertool.EachTorch(t, forwardMatchesTorch) }
+
+func forwardMatchesTorch(t *testing.T, py peertool.Torch) {
 	dir := t.TempDir()
 	sd := pneumoniaInit(t)
 	const n = 4
@@ -90,7 +90,7 @@ func TestInteropForwardMatchesTorch(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		peer(t, "model-forward", filepath.Join(dir, "sd.pt"), filepath.Join(dir, "x.pt"), filepath.Join(dir, "out.pt"), mode)
+		py.Run(t, "model-forward", filepath.Join(dir, "sd.pt"), filepath.Join(dir, "x.pt"), filepath.Join(dir, "out.pt"), mode)
 		out := loadPT(t, filepath.Join(dir, "out.pt"))
 		want, _ := out.Get("logits")
 		d := maxDiff(logits, floatsOf(t, want))
@@ -119,7 +119,9 @@ func TestInteropForwardMatchesTorch(t *testing.T) {
 	}
 }
 
-func TestInteropAdamStepMatchesTorch(t *testing.T) {
+func TestInteropAdamStepMatchesTorch(t *testing.T) { peertool.EachTorch(t, adamStepMatchesTorch) }
+
+func adamStepMatchesTorch(t *testing.T, py peertool.Torch) {
 	dir := t.TempDir()
 	sd := pneumoniaInit(t)
 	const n = 4
@@ -148,7 +150,7 @@ func TestInteropAdamStepMatchesTorch(t *testing.T) {
 	}
 	opt.Step(net.Params())
 
-	peer(t, "model-step", filepath.Join(dir, "sd.pt"), filepath.Join(dir, "xy.pt"), filepath.Join(dir, "xy.pt"), "0.01", filepath.Join(dir, "out.pt"))
+	py.Run(t, "model-step", filepath.Join(dir, "sd.pt"), filepath.Join(dir, "xy.pt"), filepath.Join(dir, "xy.pt"), "0.01", filepath.Join(dir, "out.pt"))
 	out := loadPT(t, filepath.Join(dir, "out.pt"))
 	tl, _ := out.Get("loss")
 	if d := math.Abs(loss - float64(floatsOf(t, tl)[0])); d > 1e-5 {
@@ -208,7 +210,7 @@ func TestInteropAdamStepMatchesTorch(t *testing.T) {
 	}
 	savePT(t, filepath.Join(dir, "trained.pt"), &persistor.Checkpoint{Model: net.StateDict(), ModelName: "PneumoniaModel"})
 	goLogits, _ := net.Forward(x, n, false)
-	peer(t, "model-forward", filepath.Join(dir, "trained.pt"), filepath.Join(dir, "xy.pt"), filepath.Join(dir, "fw.pt"), "eval")
+	py.Run(t, "model-forward", filepath.Join(dir, "trained.pt"), filepath.Join(dir, "xy.pt"), filepath.Join(dir, "fw.pt"), "eval")
 	fw := loadPT(t, filepath.Join(dir, "fw.pt"))
 	want, _ := fw.Get("logits")
 	d := maxDiff(goLogits, floatsOf(t, want))

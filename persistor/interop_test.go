@@ -1,11 +1,13 @@
 //go:build interop
 
 // Interop tests against the real Python peers: Debian's python3-torch (1.13)
-// and python3-cryptography. Run with 'make interop', which installs them.
+// and python3-cryptography, and Debian 13's torch 2.6 in the root of
+// 'make debian13-root' for the .pt checks. Run with 'make interop', which installs them.
 // A missing peer fails these tests; it never skips them.
 package persistor
 
 import (
+	"archive/zip"
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
@@ -15,6 +17,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	peertool "github.com/flarego/flarego/internal/peer"
@@ -116,7 +119,9 @@ func writeManifest(t *testing.T, path string, sd *StateDict) {
 	}
 }
 
-func TestInteropGoWritesTorchReads(t *testing.T) {
+func TestInteropGoWritesTorchReads(t *testing.T) { peertool.EachTorch(t, goWritesTorchReads) }
+
+func goWritesTorchReads(t *testing.T, py peertool.Torch) {
 	dir := t.TempDir()
 	// One tensor of every dtype with random bytes (valid values for bool),
 	// a 0-dim tensor and an empty one.
@@ -157,7 +162,7 @@ func TestInteropGoWritesTorchReads(t *testing.T) {
 			src = c.Model
 		}
 		writeManifest(t, path+".json", src)
-		t.Logf("%s: %s", name, peer(t, "pt-check", path, path+".json"))
+		t.Logf("%s: %s", name, py.Run(t, "pt-check", path, path+".json"))
 	}
 	// The secured persistor's encrypted output: Python decrypts, torch loads.
 	k, _ := GenerateKey()
@@ -168,14 +173,20 @@ func TestInteropGoWritesTorchReads(t *testing.T) {
 	if err := p.Save(c); err != nil {
 		t.Fatal(err)
 	}
-	peer(t, "fernet-decrypt", keyFile, p.Path, filepath.Join(dir, "dec.pt"))
+	py.Run(t, "fernet-decrypt", keyFile, p.Path, filepath.Join(dir, "dec.pt"))
 	writeManifest(t, filepath.Join(dir, "dec.json"), c.Model)
-	peer(t, "pt-check", filepath.Join(dir, "dec.pt"), filepath.Join(dir, "dec.json"))
+	py.Run(t, "pt-check", filepath.Join(dir, "dec.pt"), filepath.Join(dir, "dec.json"))
 }
 
-func TestInteropTorchWritesGoReads(t *testing.T) {
+// Files the torch writes read in Go to its bytes. torch 2.x's zip files
+// carry version, .data/serialization_id and byteorder records
+// besides the pickle and the storages; they are checked to be there, so a
+// torch that stops writing them is noticed.
+func TestInteropTorchWritesGoReads(t *testing.T) { peertool.EachTorch(t, torchWritesGoReads) }
+
+func torchWritesGoReads(t *testing.T, py peertool.Torch) {
 	dir := t.TempDir()
-	peer(t, "pt-make", dir)
+	py.Run(t, "pt-make", dir)
 	raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -195,6 +206,23 @@ func TestInteropTorchWritesGoReads(t *testing.T) {
 		c, err := DecodeCheckpoint(data)
 		if err != nil {
 			t.Fatalf("%s: %v", file, err)
+		}
+		if py.Name == "torch2.6" && !strings.Contains(file, "legacy") {
+			zr, err := zip.NewReader(bytes.NewReader(data), int64(len(data)))
+			if err != nil {
+				t.Fatalf("%s: %v", file, err)
+			}
+			records := map[string]bool{}
+			for _, f := range zr.File {
+				if i := strings.IndexByte(f.Name, '/'); i >= 0 {
+					records[f.Name[i+1:]] = true
+				}
+			}
+			for _, r := range []string{"version", ".data/serialization_id", "byteorder"} {
+				if !records[r] {
+					t.Errorf("%s: torch 2.6 wrote no %s record (records: %v)", file, r, records)
+				}
+			}
 		}
 		got := manifestOf(c.Model)
 		if len(got) != len(want) {

@@ -12,8 +12,16 @@ import (
 
 // The image holds the binary, the job configs and the encrypted spec —
 // no plaintext spec, no key, no test data — and runs as user 5642.
+// Both Dockerfiles: the one make image builds from a staged context and
+// the multi-stage one for machines with a registry.
 func TestDockerfileShipsNoSecrets(t *testing.T) {
-	f, err := os.Open(filepath.Join("..", "Dockerfile"))
+	for _, name := range []string{"Dockerfile", "Dockerfile.multistage"} {
+		t.Run(name, func(t *testing.T) { dockerfileShipsNoSecrets(t, name) })
+	}
+}
+
+func dockerfileShipsNoSecrets(t *testing.T, name string) {
+	f, err := os.Open(filepath.Join("..", name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +41,7 @@ func TestDockerfileShipsNoSecrets(t *testing.T) {
 	if final[0] != "FROM scratch" {
 		t.Fatalf("final stage is %q, want an empty base", final[0])
 	}
-	allowed := map[string]bool{"--from=build /out/flarego": true, "job/pneumonia/config": true, "job/pneumonia/custom/network.json.enc": true}
+	allowed := map[string]bool{"--from=build /out/flarego": true, "flarego": true, "job/pneumonia/config": true, "job/pneumonia/custom/network.json.enc": true}
 	var user, entry bool
 	for _, l := range final[1:] {
 		switch {

@@ -14,7 +14,8 @@ import (
 )
 
 // The federated run's global model opens with Python's cryptography and
-// loads with torch.load(weights_only=True) into the seed's PneumoniaModel.
+// loads into the seed's PneumoniaModel with torch 1.13's
+// torch.load(weights_only=True) and torch 2.6's default torch.load.
 func TestInteropSimulatedModelLoadsInTorch(t *testing.T) {
 	dir := t.TempDir()
 	td, _ := filepath.Abs(filepath.Join("..", "testdata"))
@@ -41,6 +42,8 @@ func TestInteropSimulatedModelLoadsInTorch(t *testing.T) {
 	var xb bytes.Buffer
 	persistor.WritePT(&xb, &pickle.OrderedDict{Items: []pickle.Item{{Key: "x", Value: persistor.FromFloat32(x, 1, 3, 224, 224)}}}, persistor.PTOptions{})
 	os.WriteFile(filepath.Join(dir, "x.pt"), xb.Bytes(), 0o600)
-	// torch.load(weights_only=True) and a strict load_state_dict into PneumoniaModel.
-	peertool.Run(t, "model-forward", plain, filepath.Join(dir, "x.pt"), filepath.Join(dir, "fw.pt"), "eval")
+	// torch.load and a strict load_state_dict into PneumoniaModel.
+	peertool.EachTorch(t, func(t *testing.T, py peertool.Torch) {
+		py.Run(t, "model-forward", plain, filepath.Join(dir, "x.pt"), filepath.Join(dir, "fw.pt"), "eval")
+	})
 }

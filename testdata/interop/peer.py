@@ -1,12 +1,14 @@
 """Python peer for flarego's interop tests (make interop).
 
-Run with Debian's python3 (torch 1.13, cryptography, numpy). Each sub-command
+Run with Debian 12's python3 (torch 1.13, cryptography, numpy) or in the
+Debian 13 root (torch 2.6, torchvision 0.21). Each sub-command
 checks or produces files that the Go side checks in turn; a mismatch exits 1
 with a message.
 
   peer.py fernet-encrypt KEYFILE IN OUT        Fernet(key).encrypt(IN) -> OUT
   peer.py fernet-decrypt KEYFILE IN OUT        Fernet(key).decrypt(IN) -> OUT
-  peer.py pt-check PT MANIFEST                 torch.load(PT, weights_only=True) matches MANIFEST
+  peer.py pt-check PT MANIFEST                 torch.load(PT) matches MANIFEST (torch >= 2.6: the default
+                                                load, weights_only; older: weights_only=True)
   peer.py pt-make DIR                          write .pt files torch-side + DIR/manifest.json
   peer.py pickle-dumps OUT                     pickle.dumps(protocol 2) of a fixed object
   peer.py model-forward SD.pt X.pt OUT.pt MODE  PneumoniaModel logits (MODE eval|train) and, in train mode, the new state dict
@@ -51,6 +53,21 @@ def manifest_of(sd):
             for k, v in sd.items()}
 
 
+def torch_at_least(major, minor):
+    import torch
+    v = torch.__version__.split("+")[0].split(".")
+    return (int(v[0]), int(v[1])) >= (major, minor)
+
+
+def tload(path):
+    """torch.load as a user calls it: the default (weights_only=True) since
+    torch 2.6, weights_only=True asked for on older torches."""
+    import torch
+    if torch_at_least(2, 6):
+        return torch.load(path)
+    return torch.load(path, weights_only=True)
+
+
 def fail(msg):
     print("peer.py: " + msg, file=sys.stderr)
     sys.exit(1)
@@ -65,7 +82,7 @@ def pneumonia_model():
 
 def load_model(path):
     import torch
-    obj = torch.load(path, weights_only=True)
+    obj = tload(path)
     sd = obj["model"] if "model" in obj else obj
     m = pneumonia_model()
     m.load_state_dict(sd, strict=True)
@@ -83,7 +100,7 @@ def main():
         open(args[2], "wb").write(out)
     elif cmd == "pt-check":
         import torch
-        obj = torch.load(args[0], weights_only=True)
+        obj = tload(args[0])
         want = json.load(open(args[1]))
         sd = obj["model"] if isinstance(obj, dict) and "model" in obj and not torch.is_tensor(obj["model"]) else obj
         if not isinstance(sd, collections.OrderedDict):
@@ -96,7 +113,7 @@ def main():
                 fail("%s: torch read %s, Go wrote %s" % (k, got[k], want[k]))
         if "train_conf" in want.get("__layout__", {}):
             pass
-        print("pt-check: %d tensors equal" % len(got))
+        print("pt-check: torch %s read %d tensors equal" % (torch.__version__, len(got)))
     elif cmd == "pt-make":
         import torch
         d = args[0]
@@ -149,7 +166,7 @@ def main():
         import torch
         torch.set_num_threads(2)
         m = load_model(args[0])
-        x = torch.load(args[1], weights_only=True)["x"]
+        x = tload(args[1])["x"]
         if args[3] == "train":
             m.train()
         else:
@@ -163,7 +180,7 @@ def main():
         import torch
         torch.set_num_threads(2)
         m = load_model(args[0])
-        d = torch.load(args[1], weights_only=True)
+        d = tload(args[1])
         x, y = d["x"], d["y"]
         lr = float(args[3])
         opt = torch.optim.Adam(m.parameters(), lr=lr)
