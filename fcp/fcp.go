@@ -33,6 +33,9 @@ const (
 	DefaultInput             = "/input"
 	DefaultOutput            = "/output"
 	DefaultServerCredentials = "/server-credentials"
+	// DefaultApp is the job the image carries (config/ and custom/, the
+	// architecture encrypted as custom/network.json.enc).
+	DefaultApp = "/app"
 )
 
 // The environment variables that move the roots (tests and runs outside a
@@ -41,6 +44,7 @@ const (
 	EnvInput             = "FLAREGO_INPUT"
 	EnvOutput            = "FLAREGO_OUTPUT"
 	EnvServerCredentials = "FLAREGO_SERVER_CREDENTIALS"
+	EnvApp               = "FLAREGO_APP"
 )
 
 // SecretParams is the file name FCP gives the run's secrets
@@ -68,6 +72,7 @@ type Locations struct {
 	Input             string // "/input": site data and, on clients, the key
 	Output            string // "/output": results
 	ServerCredentials string // "/server-credentials": the server's key
+	App               string // "/app": the job in the image
 }
 
 // Default returns the FCP paths, each moved by its environment variable
@@ -83,7 +88,25 @@ func Default() Locations {
 		Input:             get(EnvInput, DefaultInput),
 		Output:            get(EnvOutput, DefaultOutput),
 		ServerCredentials: get(EnvServerCredentials, DefaultServerCredentials),
+		App:               get(EnvApp, DefaultApp),
 	}
+}
+
+// JobSpecName is the job's encrypted architecture inside its app folder.
+const JobSpecName = "custom/network.json.enc"
+
+// JobSpec is the architecture of the job the image carries,
+// App/custom/network.json.enc, or "" when there is none (outside the
+// image): train and infer use it when no --spec is given.
+func (l Locations) JobSpec() string {
+	if l.App == "" {
+		return ""
+	}
+	p := filepath.Join(l.App, filepath.FromSlash(JobSpecName))
+	if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
+		return ""
+	}
+	return p
 }
 
 // KeyPath is where the seed looks for the key: the server credentials

@@ -33,10 +33,10 @@ func TestFCPLookupOrder(t *testing.T) {
 }
 
 func TestDefaultRoots(t *testing.T) {
-	for _, env := range []string{EnvInput, EnvOutput, EnvServerCredentials} {
+	for _, env := range []string{EnvInput, EnvOutput, EnvServerCredentials, EnvApp} {
 		t.Setenv(env, "")
 	}
-	if got := Default(); got != (Locations{"/input", "/output", "/server-credentials"}) {
+	if got := Default(); got != (Locations{"/input", "/output", "/server-credentials", "/app"}) {
 		t.Errorf("Default() = %+v", got)
 	}
 	t.Setenv("FLAREGO_OUTPUT", "/o")

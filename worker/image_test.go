@@ -108,6 +108,71 @@ func TestImageBuildsAndRunsAsFCP(t *testing.T) {
 	}
 	t.Logf("wrong key: %s", strings.TrimSpace(o))
 
+	// NVFlare's command line runs flarego's client (here it stops at the
+	// missing kit, naming it); an unknown command is refused naming it.
+	o, _ = fcp(name+"-nvflare", "creds", "python3", "-u", "-m", "nvflare.private.fed.app.client.client_train", "-m", "/workspace", "-s", "fed_client.json", "--set", "uid=site-1")
+	if !strings.Contains(o, "running flarego client -m /workspace") || !strings.Contains(o, "/workspace/startup/fed_client.json") {
+		t.Errorf("NVFlare's client_train command line:\n%s", o)
+	}
+	o, err = fcp(name+"-ls", "creds", "ls", "/")
+	if err == nil || !strings.Contains(o, `command "ls /": not a command this image runs`) {
+		t.Errorf("an unknown command: %v\n%s", err, o)
+	}
+
+	// The seed's inference command, as FCP runs it: no network, /input
+	// read-only, the job's encrypted architecture, the scores in /output
+	// and nothing in plaintext but them.
+	input, output := filepath.Join(dir, "input"), filepath.Join(dir, "output")
+	os.MkdirAll(output, 0o777)
+	os.Chmod(output, 0o777)
+	key := filepath.Join(dir, "creds", "secret_run_params.json")
+	for _, args := range [][]string{
+		{"samples", "--n", "2", input},
+		{"train", "--epochs", "1", "--input", input, "--output", input, "--key-file", key},
+	} {
+		if rc := run(args, &out, &out); rc != 0 {
+			t.Fatalf("flarego %v: %s", args, out.String())
+		}
+	}
+	filepath.WalkDir(input, func(p string, d os.DirEntry, err error) error {
+		if err == nil {
+			os.Chmod(p, 0o755) // readable by user 5642
+		}
+		return nil
+	})
+	args := []string{"create", "--name", name + "-infer", "--read-only", "--user", "5642", "--network", "none",
+		"-v", filepath.Join(dir, "creds") + ":/server-credentials:ro", "-v", input + ":/input:ro", "-v", output + ":/output",
+		image, "python3", "infer.py", "/input/model_parameters.pt.enc"}
+	if o, err := docker(args...); err != nil {
+		t.Fatalf("docker create: %v\n%s", err, o)
+	}
+	t.Cleanup(func() { docker("rm", "-f", name+"-infer") })
+	start = time.Now()
+	o, err = docker("start", "-a", name+"-infer")
+	t.Logf("inference in the container: %v", time.Since(start).Round(time.Millisecond))
+	if err != nil || !strings.Contains(o, "running flarego infer") {
+		t.Fatalf("python3 infer.py in the image: %v\n%s", err, o)
+	}
+	d, _ = docker("diff", name+"-infer")
+	for _, l := range strings.Split(strings.TrimSpace(d), "\n") {
+		if l != "" && l != "A /server-credentials" && l != "A /input" && l != "A /output" {
+			t.Errorf("inference changed the container's file system: %s", l)
+		}
+	}
+	scores, err := os.ReadFile(filepath.Join(output, "dataset.csv"))
+	if err != nil || !strings.Contains(string(scores), "Model_Score") {
+		t.Fatalf("inference wrote no scores: %v\n%s", err, o)
+	}
+	secret, _ := os.ReadFile(key)
+	entries, _ := os.ReadDir(output)
+	for _, e := range entries {
+		b, _ := os.ReadFile(filepath.Join(output, e.Name()))
+		if e.Name() != "dataset.csv" || bytes.Contains(b, []byte("conv")) || bytes.HasPrefix(b, []byte("PK")) ||
+			bytes.Contains(b, bytes.TrimSpace(secret)) {
+			t.Errorf("inference left %s in /output", e.Name())
+		}
+	}
+
 	// What the image holds: the binary, the configs, the encrypted spec.
 	if o, err := docker("create", "--name", name+"-files", image); err != nil {
 		t.Fatalf("docker create: %v\n%s", err, o)

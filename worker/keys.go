@@ -182,9 +182,24 @@ func (c *command) unseal(args []string) error {
 	if len(cmd) == 0 {
 		return nil
 	}
-	path, err := exec.LookPath(cmd[0])
+	// The command lines FCP and NVFlare's kits start a container with run
+	// the matching flarego role; anything else runs as given when it is
+	// there (outside the image: a third-party tool), else is refused
+	// naming the command.
+	args, cerr := fcp.Command(cmd)
+	if cerr != nil {
+		path, err := exec.LookPath(cmd[0])
+		if err != nil {
+			return cerr
+		}
+		return syscall.Exec(path, cmd, os.Environ())
+	}
+	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	return syscall.Exec(path, cmd, os.Environ())
+	if filepath.Base(cmd[0]) != "flarego" {
+		fmt.Fprintf(c.stderr, "running flarego %s (for %s)\n", strings.Join(args, " "), strings.Join(cmd, " "))
+	}
+	return syscall.Exec(self, append([]string{"flarego"}, args...), os.Environ())
 }

@@ -31,7 +31,7 @@ func (c *command) modelFlags(fs interface {
 	m := &modelFlags{loc: fcp.Default()}
 	fs.StringVar(&m.loc.Input, "input", m.loc.Input, "FCP input directory")
 	fs.StringVar(&m.loc.Output, "output", m.loc.Output, "FCP output directory")
-	fs.StringVar(&m.spec, "spec", "", "model spec (JSON, or encrypted JSON); default: the built-in PneumoniaModel")
+	fs.StringVar(&m.spec, "spec", "", "model spec (JSON, or encrypted JSON); default: the image's job architecture ($FLAREGO_APP, default /app, + /custom/network.json.enc) when there is one, else the built-in PneumoniaModel")
 	fs.StringVar(&m.keyFile, "key-file", "", "key file (default: the FCP secret_run_params.json)")
 	fs.IntVar(&m.batch, "batch", 4, "batch size")
 	return m
@@ -49,6 +49,9 @@ func (m *modelFlags) keyAndSpec() (*persistor.Key, *model.Spec, error) {
 	k, err := m.key()
 	if err != nil {
 		return nil, nil, err
+	}
+	if m.spec == "" {
+		m.spec = m.loc.JobSpec()
 	}
 	if m.spec == "" {
 		return k, model.PneumoniaSpec(), nil
