@@ -111,6 +111,31 @@ func ParseTrainerArgs(raw json.RawMessage) (TrainerArgs, error) {
 	return args, nil
 }
 
+// withRunParams lets FCP's run parameters (input/run_params.json) override
+// the job config's epochs, lr and batch_size, logging what changed.
+func withRunParams(args TrainerArgs, input string, logf func(string, ...any)) (TrainerArgs, error) {
+	if input == "" {
+		return args, nil
+	}
+	rp, err := (fcp.Locations{Input: input}).RunParams()
+	if err != nil || rp.Path == "" {
+		return args, err
+	}
+	job := args
+	if rp.Epochs != nil {
+		args.Epochs = *rp.Epochs
+	}
+	if rp.LR != nil {
+		args.LR = *rp.LR
+	}
+	if rp.Batch != nil {
+		args.Batch = *rp.Batch
+	}
+	logf("run parameters: %s; the trainer runs epochs=%d lr=%g batch_size=%d (job config: epochs=%d lr=%g batch_size=%d)",
+		rp, args.Epochs, args.LR, args.Batch, job.Epochs, job.LR, job.Batch)
+	return args, nil
+}
+
 // PersistorArgs are PTSecuredModelPersistor's arguments in
 // config_fed_server.json.
 type PersistorArgs struct {
@@ -156,6 +181,9 @@ func Registry(c Config) *flare.Registry {
 			PathTrainer: func(raw json.RawMessage) (flare.Executor, error) {
 				args, err := ParseTrainerArgs(raw)
 				if err != nil {
+					return nil, err
+				}
+				if args, err = withRunParams(args, c.Input, logf); err != nil {
 					return nil, err
 				}
 				spec, err := JobSpec(c.JobDir, args.Model, c.Key)

@@ -3,10 +3,12 @@ package pneumonia
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/flarego/flarego/fcp"
@@ -179,5 +181,25 @@ func TestTrainerValidateAndSubmitModel(t *testing.T) {
 		if a.Name != trained.Data[i].Name || !bytes.Equal(a.Array.Data, trained.Data[i].Array.Data) {
 			t.Fatalf("submit_model's %s differs from the trained weights", a.Name)
 		}
+	}
+}
+
+// FCP's run parameters override the job config's hyper-parameters, and
+// the log says so; a bad file stops the trainer naming it.
+func TestRunParamsOverrideJobConfig(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, fcp.RunParamsName), []byte(`{"epochs": 3, "lr": 0.002, "seed": 7}`), 0o600)
+	var log []string
+	logf := func(f string, a ...any) { log = append(log, fmt.Sprintf(f, a...)) }
+	args, err := withRunParams(TrainerArgs{LR: 0.01, Epochs: 1, Batch: 4}, dir, logf)
+	if err != nil || args.Epochs != 3 || args.LR != 0.002 || args.Batch != 4 {
+		t.Fatalf("%+v, %v", args, err)
+	}
+	if len(log) != 1 || !strings.Contains(log[0], "epochs=3 lr=0.002 batch_size=4 (job config: epochs=1 lr=0.01") {
+		t.Errorf("log: %q", log)
+	}
+	os.WriteFile(filepath.Join(dir, fcp.RunParamsName), []byte(`{"epochs": -1}`), 0o600)
+	if _, err := withRunParams(TrainerArgs{}, dir, logf); err == nil || !strings.Contains(err.Error(), "run_params.json") {
+		t.Errorf("bad run parameters: %v", err)
 	}
 }

@@ -173,6 +173,8 @@ func TestImageBuildsAndRunsAsFCP(t *testing.T) {
 		}
 	}
 
+	t.Run("federation", func(t *testing.T) { federationOfContainers(t, image, dir) })
+
 	// What the image holds: the binary, the configs, the encrypted spec.
 	if o, err := docker("create", "--name", name+"-files", image); err != nil {
 		t.Fatalf("docker create: %v\n%s", err, o)
@@ -198,5 +200,127 @@ func TestImageBuildsAndRunsAsFCP(t *testing.T) {
 		default:
 			t.Errorf("the image holds %s", f)
 		}
+	}
+}
+
+// federationOfContainers runs the image's pneumonia job as FCP would
+// across containers: a server and two sites on a private Docker network
+// (NVFlare 2.0 wire), each site with its own /input and key file, one
+// started with NVFlare's client_train command line and waiting for the
+// server to deploy the app, the other with flarego's; then an inference
+// container scores a site's /input with the global model. A site started
+// with the wrong key stops with a clear error and writes nothing.
+func federationOfContainers(t *testing.T, image, dir string) {
+	fed := filepath.Join(dir, "fed")
+	mk := func(p string) string {
+		p = filepath.Join(fed, p)
+		os.MkdirAll(p, 0o777)
+		os.Chmod(p, 0o777)
+		return p
+	}
+	net := strings.ReplaceAll(image, ":", "-") + "-net"
+	if o, err := docker("network", "create", "--internal", net); err != nil {
+		t.Fatalf("docker network create: %v\n%s", err, o)
+	}
+	t.Cleanup(func() { docker("network", "rm", net) })
+	key := filepath.Join(dir, "creds", "secret_run_params.json")
+	srvKit, srvOut := mk("server/ws"), mk("server/output")
+	os.MkdirAll(filepath.Join(srvKit, "startup"), 0o777)
+	os.WriteFile(filepath.Join(srvKit, "startup", "fed_server.json"), []byte(`{"format_version": 2, "servers": [{"name": "example_project",
+ "service": {"target": "0.0.0.0:8002"}, "admin_host": "0.0.0.0", "admin_port": 8003, "compression": "Gzip", "heart_beat_timeout": 600}]}`), 0o644)
+	var out bytes.Buffer
+	site := func(name string, keyFile string) (kit, input string) {
+		kit, input = mk(name+"/ws"), mk(name+"/input")
+		os.MkdirAll(filepath.Join(kit, "startup"), 0o777)
+		os.Chmod(filepath.Join(kit, "startup"), 0o777)
+		os.WriteFile(filepath.Join(kit, "startup", "fed_client.json"), []byte(`{"format_version": 2,
+ "servers": [{"name": "example_project", "service": {"target": "server:8002"}}], "client": {"compression": "Gzip", "retry_timeout": 30}}`), 0o644)
+		if rc := run([]string{"samples", "--n", "2", "--seed", name[len(name)-1:], input}, &out, &out); rc != 0 {
+			t.Fatal(out.String())
+		}
+		b, _ := os.ReadFile(keyFile)
+		os.WriteFile(filepath.Join(input, "secret_run_params.json"), b, 0o644)
+		filepath.WalkDir(input, func(p string, d os.DirEntry, err error) error {
+			if err == nil {
+				os.Chmod(p, 0o755)
+			}
+			return nil
+		})
+		return kit, input
+	}
+	names := []string{}
+	start := func(name string, mounts []string, cmd ...string) {
+		args := []string{"run", "-d", "--name", name, "--network", net, "--network-alias", strings.TrimPrefix(name, net+"-"),
+			"--read-only", "--user", "5642"}
+		for _, m := range mounts {
+			args = append(args, "-v", m)
+		}
+		if o, err := docker(append(append(args, image), cmd...)...); err != nil {
+			t.Fatalf("docker run %s: %v\n%s", name, err, o)
+		}
+		names = append(names, name)
+		t.Cleanup(func() { docker("rm", "-f", name) })
+	}
+	wait := func(name string) (int, string) {
+		o, err := exec.Command("timeout", "300", "docker", "wait", name).Output()
+		logs, _ := docker("logs", name)
+		if err != nil {
+			t.Fatalf("%s did not end in 300 s: %v\n%s", name, err, logs)
+		}
+		var rc int
+		fmt.Sscan(string(o), &rc)
+		return rc, logs
+	}
+	began := time.Now()
+	start(net+"-server", []string{srvKit + ":/workspace", srvOut + ":/output", filepath.Join(dir, "creds") + ":/server-credentials:ro"},
+		"/flarego", "server", "-m", "/workspace", "-s", "fed_server.json", "--job", "/app", "--set", "secure_train=false", "wait_time_after_min_received=0")
+	kit1, in1 := site("site-1", key)
+	kit2, in2 := site("site-2", key)
+	start(net+"-site-1", []string{kit1 + ":/workspace", in1 + ":/input:ro"},
+		"/flarego", "client", "-m", "/workspace", "-s", "fed_client.json", "--job", "/app", "--set", "secure_train=false", "uid=site-1")
+	start(net+"-site-2", []string{kit2 + ":/workspace", in2 + ":/input:ro"},
+		"python3", "-u", "-m", "nvflare.private.fed.app.client.client_train", "-m", "/workspace", "-s", "fed_client.json", "--set", "secure_train=false", "uid=site-2")
+	kit3, in3 := site("site-3", filepath.Join(dir, "wrong", "secret_run_params.json"))
+	start(net+"-site-3", []string{kit3 + ":/workspace", in3 + ":/input:ro"},
+		"/flarego", "client", "-m", "/workspace", "-s", "fed_client.json", "--job", "/app", "--set", "secure_train=false", "uid=site-3")
+
+	rc, logs := wait(net + "-site-3")
+	if rc == 0 || !strings.Contains(logs, "network.json.enc") || !strings.Contains(logs, "wrong key") {
+		t.Errorf("a site with the wrong key: exit %d\n%s", rc, logs)
+	}
+	if e, _ := os.ReadDir(kit3); len(e) != 1 {
+		t.Errorf("the site with the wrong key wrote in its workspace: %v", e)
+	}
+	for _, n := range []string{"server", "site-1", "site-2"} {
+		rc, logs := wait(net + "-" + n)
+		t.Logf("%s: exit %d after %v", n, rc, time.Since(began).Round(100*time.Millisecond))
+		if rc != 0 {
+			t.Fatalf("%s exited %d:\n%s", n, rc, logs)
+		}
+		if n == "server" && !strings.Contains(logs, "aggregated 2 result(s)") {
+			t.Errorf("server log:\n%s", logs)
+		}
+		if n == "site-2" && !strings.Contains(logs, "running flarego client") {
+			t.Errorf("site-2 log:\n%s", logs)
+		}
+		if d, _ := docker("diff", net+"-"+n); strings.TrimSpace(d) != "" {
+			for _, l := range strings.Split(strings.TrimSpace(d), "\n") {
+				if l != "A /workspace" && l != "A /output" && l != "A /input" && l != "A /server-credentials" {
+					t.Errorf("%s changed its file system: %s", n, l)
+				}
+			}
+		}
+	}
+	model := filepath.Join(srvOut, "model_parameters.pt.enc")
+	if b, err := os.ReadFile(model); err != nil || bytes.HasPrefix(b, []byte("PK")) {
+		t.Fatalf("the server's /output: %v", err)
+	}
+	scores := mk("site-1/scores")
+	start(net+"-infer", []string{in1 + ":/input:ro", srvOut + ":/model:ro", scores + ":/output"}, "python3", "infer.py", "/model/model_parameters.pt.enc")
+	if rc, logs := wait(net + "-infer"); rc != 0 {
+		t.Fatalf("inference with the global model: exit %d\n%s", rc, logs)
+	}
+	if b, err := os.ReadFile(filepath.Join(scores, "dataset.csv")); err != nil || !strings.Contains(string(b), "Model_Score") {
+		t.Fatalf("no scores: %v", err)
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -75,6 +76,25 @@ func (c *command) train(args []string) error {
 	noAugment := fs.Bool("no-augment", false, "train without RandomRotation")
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
+	}
+	// FCP's run parameters override the defaults; flags given override both.
+	rp, err := m.loc.RunParams()
+	if err != nil {
+		return err
+	}
+	if rp.Path != "" {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if rp.Epochs != nil && !set["epochs"] {
+			*epochs = *rp.Epochs
+		}
+		if rp.LR != nil && !set["lr"] {
+			*lr = *rp.LR
+		}
+		if rp.Batch != nil && !set["batch"] {
+			m.batch = *rp.Batch
+		}
+		fmt.Fprintf(c.stderr, "run parameters: %s; training with epochs=%d lr=%g batch=%d (flags given win)\n", rp, *epochs, *lr, m.batch)
 	}
 	cfg := model.TrainConfig{
 		Epochs: *epochs, LR: *lr, Batch: m.batch, Seed: *seed, Augment: !*noAugment,
