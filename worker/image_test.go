@@ -209,7 +209,8 @@ func TestImageBuildsAndRunsAsFCP(t *testing.T) {
 // started with NVFlare's client_train command line and waiting for the
 // server to deploy the app, the other with flarego's; then an inference
 // container scores a site's /input with the global model. A site started
-// with the wrong key stops with a clear error and writes nothing.
+// with the wrong key stops with a clear error and writes nothing; a site
+// off the network for 20 s between rounds rejoins.
 func federationOfContainers(t *testing.T, image, dir string) {
 	fed := filepath.Join(dir, "fed")
 	mk := func(p string) string {
@@ -273,7 +274,7 @@ func federationOfContainers(t *testing.T, image, dir string) {
 	}
 	began := time.Now()
 	start(net+"-server", []string{srvKit + ":/workspace", srvOut + ":/output", filepath.Join(dir, "creds") + ":/server-credentials:ro"},
-		"/flarego", "server", "-m", "/workspace", "-s", "fed_server.json", "--job", "/app", "--set", "secure_train=false", "wait_time_after_min_received=0")
+		"/flarego", "server", "-m", "/workspace", "-s", "fed_server.json", "--job", "/app", "--set", "secure_train=false", "wait_time_after_min_received=0", "num_rounds=2")
 	kit1, in1 := site("site-1", key)
 	kit2, in2 := site("site-2", key)
 	start(net+"-site-1", []string{kit1 + ":/workspace", in1 + ":/input:ro"},
@@ -291,13 +292,37 @@ func federationOfContainers(t *testing.T, image, dir string) {
 	if e, _ := os.ReadDir(kit3); len(e) != 1 {
 		t.Errorf("the site with the wrong key wrote in its workspace: %v", e)
 	}
+	// After round 1, site-1 loses the network for 20 s: it retries, says
+	// so, and rejoins for round 2.
+	until := func(name, text string) {
+		for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+			if logs, _ := docker("logs", name); strings.Contains(logs, text) {
+				return
+			} else if time.Now().After(deadline) {
+				t.Fatalf("%s never logged %q:\n%s", name, text, logs)
+			}
+		}
+	}
+	until(net+"-server", "round 1/2 done")
+	if o, err := docker("network", "disconnect", net, net+"-site-1"); err != nil {
+		t.Fatalf("docker network disconnect: %v\n%s", err, o)
+	}
+	cut := time.Now()
+	time.Sleep(20 * time.Second)
+	if o, err := docker("network", "connect", "--alias", "site-1", net, net+"-site-1"); err != nil {
+		t.Fatalf("docker network connect: %v\n%s", err, o)
+	}
+	t.Logf("site-1 was off the network for %v", time.Since(cut).Round(100*time.Millisecond))
 	for _, n := range []string{"server", "site-1", "site-2"} {
 		rc, logs := wait(net + "-" + n)
 		t.Logf("%s: exit %d after %v", n, rc, time.Since(began).Round(100*time.Millisecond))
 		if rc != 0 {
 			t.Fatalf("%s exited %d:\n%s", n, rc, logs)
 		}
-		if n == "server" && !strings.Contains(logs, "aggregated 2 result(s)") {
+		if n == "site-1" && (!strings.Contains(logs, "no answer from the server") || !strings.Contains(logs, "answered after")) {
+			t.Errorf("site-1 did not say it lost and found the server:\n%s", logs)
+		}
+		if n == "server" && !strings.Contains(logs, "round 2/2 done: aggregated 2 result(s)") {
 			t.Errorf("server log:\n%s", logs)
 		}
 		if n == "site-2" && !strings.Contains(logs, "running flarego client") {
