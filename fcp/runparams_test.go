@@ -23,13 +23,13 @@ func TestRunParams(t *testing.T) {
 		t.Errorf("String() = %q", s)
 	}
 	for in, want := range map[string]string{
-		`[1, 2]`:                        "not a JSON object",
-		`{"epochs": 0}`:                 `"epochs" is 0, want a whole number`,
-		`{"epochs": 1.5}`:               `"epochs" is 1.5`,
-		`{"epochs": "2"}`:               `"epochs" is "2"`,
-		`{"lr": -1}`:                    `"lr" is -1, want a learning rate`,
-		`{"lr": 1e400}`:                 `"lr" is 1e400`,
-		`{"batch": 4, "batch_size": 4}`: "both batch and batch_size",
+		`[1, 2]`:                            "not a JSON object",
+		`{"epochs": 0}`:                     `"epochs" is 0, want a whole number`,
+		`{"epochs": 1.5}`:                   `"epochs" is 1.5`,
+		`{"epochs": "2"}`:                   `"epochs" is "2"`,
+		`{"lr": -1}`:                        `"lr" is -1, want a learning rate`,
+		`{"lr": 1e400}`:                     `"lr" is 1e400`,
+		`{"batch": 4, "batch_size": 4}`:     "both batch and batch_size",
 		strings.Repeat(" ", maxRunParams+1): "over 1024 KiB",
 	} {
 		write(in)
