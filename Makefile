@@ -7,7 +7,8 @@ PYTHON    ?= /usr/bin/python3
 BIN       := bin/flarego
 # Debian packages the interop checks run against (the real peers).
 PY_DEBS   := python3-torch python3-torchvision python3-cryptography python3-numpy libjemalloc2 \
-             python3-msgpack python3-grpcio python3-protobuf python3-psutil python3-yaml python3-requests
+             python3-msgpack python3-grpcio python3-protobuf python3-psutil python3-yaml python3-requests \
+             age python3-pydicom libgdcm-tools protobuf-compiler
 
 .PHONY: all build image test race fuzz interop interop-nvflare-main interop-nvflare-recipe python-peers debian13-root bench demo proto lint clean
 
@@ -44,7 +45,7 @@ fuzz:
 
 # Installs the Python peers with apt when they are missing.
 python-peers:
-	@if $(PYTHON) -c 'import torch, torchvision, cryptography, numpy, msgpack, grpc, google.protobuf, psutil, yaml, requests' 2>/dev/null && [ -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ]; then \
+	@if $(PYTHON) -c 'import torch, torchvision, cryptography, numpy, msgpack, grpc, google.protobuf, psutil, yaml, requests, pydicom' 2>/dev/null && [ -e /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ] && command -v age gdcmconv protoc >/dev/null; then \
 		echo "python peers: present ($$($(PYTHON) -c 'import torch, cryptography; print("torch", torch.__version__, "cryptography", cryptography.__version__)'))"; \
 	else \
 		echo "python peers: installing $(PY_DEBS) with apt-get"; \

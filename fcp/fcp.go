@@ -73,6 +73,9 @@ type Locations struct {
 	Output            string // "/output": results
 	ServerCredentials string // "/server-credentials": the server's key
 	App               string // "/app": the job in the image
+	// Key, when set, is the key file a command was given (--key-file):
+	// KeyPath is then that file, not the FCP lookup.
+	Key string
 }
 
 // Default returns the FCP paths, each moved by its environment variable
@@ -112,6 +115,9 @@ func (l Locations) JobSpec() string {
 // KeyPath is where the seed looks for the key: the server credentials
 // directory when it exists, else the input directory.
 func (l Locations) KeyPath() string {
+	if l.Key != "" {
+		return l.Key
+	}
 	if st, err := os.Stat(l.ServerCredentials); err == nil && st.IsDir() {
 		return filepath.Join(l.ServerCredentials, SecretParams)
 	}

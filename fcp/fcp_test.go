@@ -36,7 +36,7 @@ func TestDefaultRoots(t *testing.T) {
 	for _, env := range []string{EnvInput, EnvOutput, EnvServerCredentials, EnvApp} {
 		t.Setenv(env, "")
 	}
-	if got := Default(); got != (Locations{"/input", "/output", "/server-credentials", "/app"}) {
+	if got := Default(); got != (Locations{Input: "/input", Output: "/output", ServerCredentials: "/server-credentials", App: "/app"}) {
 		t.Errorf("Default() = %+v", got)
 	}
 	t.Setenv("FLAREGO_OUTPUT", "/o")

@@ -8,7 +8,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
+
+	"filippo.io/age"
 )
 
 // ErrPlaintextRefused reports a save that would have written plaintext
@@ -27,6 +30,13 @@ type SecuredPersistor struct {
 	BestPath string
 	// Key encrypts what is saved and decrypts what is loaded.
 	Key *Key
+	// Recipients, when set, are the model owners' public keys: Save
+	// encrypts to them (an age file) instead of with Key, so the holder of
+	// this persistor needs no secret to save and cannot read what it
+	// saved. What was saved is kept in memory for Get.
+	Recipients []age.Recipient
+	// Identities open age-encrypted files given to Load (Preload) or Get.
+	Identities []age.Identity
 	// AllowPlaintext lets Save write a plain .pt when Key is nil.
 	AllowPlaintext bool
 
@@ -37,13 +47,16 @@ type SecuredPersistor struct {
 
 	// ModelName goes into train_conf ({"train": {"model": ModelName}}).
 	ModelName string
+
+	mu   sync.Mutex
+	held map[string]*Checkpoint // what was saved to Recipients, by path
 }
 
 // Load returns the initial model.
 func (p *SecuredPersistor) Load() (*Checkpoint, error) {
 	switch {
 	case p.Preload != "":
-		c, err := ReadCheckpointFile(p.Preload, p.Key)
+		c, err := ReadCheckpointFileWith(p.Preload, p.Key, p.Identities)
 		if err != nil {
 			return nil, fmt.Errorf("loading initial model: %w", err)
 		}
@@ -82,6 +95,18 @@ func (p *SecuredPersistor) save(path string, c *Checkpoint) error {
 	}
 	prefix := ptPrefix(path)
 	write := func(w io.Writer) error { return WritePT(w, c, PTOptions{Prefix: prefix}) }
+	if len(p.Recipients) > 0 {
+		if err := WriteAgeFile(path, p.Recipients, write); err != nil {
+			return err
+		}
+		p.mu.Lock()
+		if p.held == nil {
+			p.held = map[string]*Checkpoint{}
+		}
+		p.held[path] = c
+		p.mu.Unlock()
+		return nil
+	}
 	if p.Key == nil {
 		if !p.AllowPlaintext {
 			return fmt.Errorf("saving %s: %w", path, ErrPlaintextRefused)
@@ -106,13 +131,22 @@ func ptPrefix(path string) string {
 
 // Get reads a stored model by its inventory name ("global" or "best").
 func (p *SecuredPersistor) Get(name string) (*Checkpoint, error) {
+	var path string
 	switch name {
 	case "global":
-		return ReadCheckpointFile(p.Path, p.Key)
+		path = p.Path
 	case "best":
-		return ReadCheckpointFile(p.bestPath(), p.Key)
+		path = p.bestPath()
+	default:
+		return nil, fmt.Errorf("no model named %q (have global, best)", name)
 	}
-	return nil, fmt.Errorf("no model named %q (have global, best)", name)
+	p.mu.Lock()
+	c := p.held[path]
+	p.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	return ReadCheckpointFileWith(path, p.Key, p.Identities)
 }
 
 // modelDescriptor describes one stored model, as NVFlare's inventory does.
@@ -135,7 +169,7 @@ func (p *SecuredPersistor) inventory() ([]modelDescriptor, error) {
 		if err != nil {
 			return nil, err
 		}
-		enc, err := IsTokenFile(m.path)
+		enc, err := IsSealedFile(m.path)
 		if err != nil {
 			return nil, err
 		}
@@ -177,7 +211,13 @@ func IsToken(data []byte) bool {
 // .pt (decrypted in memory with k) or a plain .pt. An encrypted file without
 // a key is an error.
 func ReadCheckpointFile(path string, k *Key) (*Checkpoint, error) {
-	data, err := ReadMaybeEncrypted(path, k)
+	return ReadCheckpointFileWith(path, k, nil)
+}
+
+// ReadCheckpointFileWith is ReadCheckpointFile that also opens an age file
+// of a .pt with one of ids.
+func ReadCheckpointFileWith(path string, k *Key, ids []age.Identity) (*Checkpoint, error) {
+	data, err := ReadSealedUpTo(path, k, ids, maxModelFileBytes, "a model file")
 	if err != nil {
 		return nil, err
 	}
@@ -198,6 +238,25 @@ func ReadMaybeEncrypted(path string, k *Key) ([]byte, error) {
 // bytes (plain or encrypted); what names the file's role in the error that
 // refuses a bigger one.
 func ReadMaybeEncryptedUpTo(path string, k *Key, max int64, what string) ([]byte, error) {
+	return ReadSealedUpTo(path, k, nil, max, what)
+}
+
+// IsSealedFile reports whether the named regular file holds a Fernet token
+// or an age file.
+func IsSealedFile(path string) (bool, error) {
+	f, err := OpenRegular(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	head := make([]byte, 64)
+	n, _ := io.ReadFull(f, head)
+	return IsToken(head[:n]) || IsAge(head[:n]), nil
+}
+
+// ReadSealedUpTo is ReadMaybeEncryptedUpTo for a file that may also be
+// an age file, opened with one of ids.
+func ReadSealedUpTo(path string, k *Key, ids []age.Identity, max int64, what string) ([]byte, error) {
 	// One open serves the check and the read, so the file read is the
 	// file checked.
 	f, err := OpenRegular(path)
@@ -205,11 +264,16 @@ func ReadMaybeEncryptedUpTo(path string, k *Key, max int64, what string) ([]byte
 		return nil, err
 	}
 	defer f.Close()
-	enc := isTokenHead(f)
+	head := make([]byte, 64)
+	n, _ := io.ReadFull(f, head)
+	head = head[:n]
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return nil, err
 	}
-	if !enc {
+	if IsAge(head) {
+		return decryptAgeOpen(f, path, max, what, ids)
+	}
+	if !IsToken(head) {
 		return readOpen(f, path, max, what)
 	}
 	if k == nil {

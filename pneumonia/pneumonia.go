@@ -27,6 +27,7 @@ import (
 	"sync"
 	"time"
 
+	"filippo.io/age"
 	"github.com/flarego/flarego/fcp"
 	"github.com/flarego/flarego/flare"
 	"github.com/flarego/flarego/model"
@@ -144,6 +145,9 @@ type PersistorArgs struct {
 	} `json:"model"`
 	File    string `json:"global_model_file_name"`
 	Preload string `json:"ckpt_preload_path"`
+	// Recipients are model owners' age recipients (age1…): the global and
+	// best models are encrypted to them, not with the job's key.
+	Recipients []string `json:"recipients"`
 }
 
 // ParsePersistorArgs reads the persistor's arguments (a JSON object is
@@ -164,9 +168,12 @@ func ParsePersistorArgs(raw json.RawMessage) (PersistorArgs, error) {
 type Config struct {
 	JobDir string         // the app folder: config/ and custom/ (the specs)
 	Key    *persistor.Key // decrypts the specs; encrypts the global model
-	Input  string         // the site's FCP input root: the trainer's images
-	Output string         // the FCP output root the persistor's "/output/..." moves to
-	Logf   func(format string, a ...any)
+	// Recipients (from the server's credentials) replace Key for the
+	// models the persistor saves, with those of the persistor's arguments.
+	Recipients []age.Recipient
+	Input      string // the site's FCP input root: the trainer's images
+	Output     string // the FCP output root the persistor's "/output/..." moves to
+	Logf       func(format string, a ...any)
 }
 
 // Registry builds the job's components: the trainer for a site whose
@@ -204,7 +211,15 @@ func Registry(c Config) *flare.Registry {
 					return nil, err
 				}
 				path := (fcp.Locations{Output: c.Output}).OutputPath(args.File)
-				return &persistor.SecuredPersistor{Path: path, Key: c.Key, Preload: args.Preload, ModelName: spec.Name,
+				recipients, err := persistor.ParseRecipients(PathPersistor+" args: recipients", args.Recipients)
+				if err != nil {
+					return nil, err
+				}
+				recipients = append(recipients, c.Recipients...)
+				if len(recipients) > 0 {
+					logf("persistor: models are encrypted to %d owner recipient(s) (age); this server cannot read them back", len(recipients))
+				}
+				return &persistor.SecuredPersistor{Path: path, Key: c.Key, Recipients: recipients, Preload: args.Preload, ModelName: spec.Name,
 					Init: func() (*persistor.StateDict, error) { return model.Init(spec, uint64(time.Now().UnixNano())) }}, nil
 			},
 		},

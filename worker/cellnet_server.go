@@ -113,7 +113,11 @@ func (cs *cellnetServer) runtime(appDir, runDir, output string) (*server.Server,
 	if err := job.Server.SetWorkflowArgs(cs.wf); err != nil {
 		return nil, fmt.Errorf("%w: %v", errUsage, err)
 	}
-	reg := pneumonia.Registry(pneumonia.Config{JobDir: appDir, Key: cs.key, Input: cs.loc.Input, Output: output, Logf: cs.logf})
+	recipients, err := cs.loc.Recipients()
+	if err != nil {
+		return nil, err
+	}
+	reg := pneumonia.Registry(pneumonia.Config{JobDir: appDir, Key: cs.key, Recipients: recipients, Input: cs.loc.Input, Output: output, Logf: cs.logf})
 	np.RegisterPersistor(reg, runDir)
 	srv, err := server.New(job.Server, reg)
 	if err != nil {

@@ -58,6 +58,7 @@ func (c *command) simulate(args []string) error {
 		*data = loc.Input
 	}
 	var k *persistor.Key
+	loc.Key = *keyFile
 	if *keyFile != "" {
 		k, err = persistor.ReadKeyFile(*keyFile)
 	} else {
@@ -114,7 +115,11 @@ func (c *command) simulate(args []string) error {
 		return err
 	}
 	logf := func(format string, a ...any) { fmt.Fprintf(c.stderr, format+"\n", a...) }
-	srv, err := server.New(job.Server, pneumonia.Registry(pneumonia.Config{JobDir: pos[0], Key: k, Input: loc.Input, Output: loc.Output, Logf: logf}))
+	recipients, err := loc.Recipients()
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(job.Server, pneumonia.Registry(pneumonia.Config{JobDir: pos[0], Key: k, Recipients: recipients, Input: loc.Input, Output: loc.Output, Logf: logf}))
 	if err != nil {
 		return err
 	}
@@ -262,6 +267,7 @@ func (c *command) nvflareFlags(name string, args []string, loc *fcp.Locations) (
 	if err != nil {
 		return nil, nil, "", nil, err
 	}
+	loc.Key = *keyFile
 	// NVFlare puts the --set pairs after the flag as separate words.
 	setList = append(setList, rest...)
 	if sets, err = flare.ParseSets(setList); err != nil {
@@ -300,6 +306,10 @@ func (c *command) server(args []string) error {
 	if err != nil {
 		return err
 	}
+	recipients, err := loc.Recipients()
+	if err != nil {
+		return err
+	}
 	// What the server needs is checked before it listens: the kit's kind,
 	// the --set keys, the admin port, the job, the TLS files.
 	if err := kit.CheckServer(); err != nil {
@@ -332,7 +342,7 @@ func (c *command) server(args []string) error {
 		if err := job.Server.SetWorkflowArgs(wf); err != nil {
 			return nil, nil, fmt.Errorf("%w: %v", errUsage, err)
 		}
-		return job.Server, pneumonia.Registry(pneumonia.Config{JobDir: dir, Key: k, Input: loc.Input, Output: loc.Output, Logf: logf}), nil
+		return job.Server, pneumonia.Registry(pneumonia.Config{JobDir: dir, Key: k, Recipients: recipients, Input: loc.Input, Output: loc.Output, Logf: logf}), nil
 	}
 	var srv *server.Server
 	if jobDir != "" {

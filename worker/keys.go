@@ -16,13 +16,17 @@ import (
 )
 
 func (c *command) keygen(args []string) error {
-	fs := c.flags("keygen", "[-f] KEYFILE")
+	fs := c.flags("keygen", "[-f] [--age] KEYFILE")
 	force := fs.Bool("f", false, "overwrite an existing key file (anything it encrypted becomes unreadable)")
+	ageID := fs.Bool("age", false, "write an age identity (the model owner's secret key) and print its recipient, as age-keygen does")
 	pos, err := parse(fs, args, 1, 1)
 	if err != nil {
 		return err
 	}
 	name := pos[0]
+	if *ageID {
+		return c.keygenAge(name, *force)
+	}
 	if _, err := os.Lstat(name); err == nil && !*force {
 		return fmt.Errorf("%s already exists; losing a key loses everything it encrypted (use -f to overwrite)", name)
 	}
@@ -41,7 +45,17 @@ func (c *command) keygen(args []string) error {
 }
 
 func (c *command) encrypt(args []string) error {
-	in, k, out, err := inKeyOut(c.flags("encrypt", "IN KEYFILE OUT"), args)
+	fs := c.flags("encrypt", "IN KEYFILE OUT | --recipient R... IN OUT")
+	var recips listFlag
+	fs.Var(&recips, "recipient", "encrypt to this age recipient (age1…, or a recipients file) instead of a Fernet key; repeatable")
+	if len(recipientArgs(args)) > 0 {
+		pos, err := parse(fs, args, 2, 2)
+		if err != nil {
+			return err
+		}
+		return c.encryptAge(recips, pos)
+	}
+	in, k, out, err := inKeyOut(fs, args)
 	if err != nil {
 		return err
 	}
@@ -79,8 +93,16 @@ func inKeyOut(fs *flag.FlagSet, args []string) (in string, k *persistor.Key, out
 }
 
 func (c *command) decrypt(args []string) error {
-	fs := c.flags("decrypt", "[--ttl DURATION] IN KEYFILE OUT")
+	fs := c.flags("decrypt", "[--ttl DURATION] IN KEYFILE OUT | --identity FILE IN OUT")
 	ttl := fs.Duration("ttl", persistor.NoTTL, "refuse tokens older than this, or signed over 60s in the future (default: no age check)")
+	identity := fs.String("identity", "", "open an age file with this identity (flarego keygen --age, or age-keygen)")
+	if len(identityArgs(args)) > 0 {
+		pos, err := parse(fs, args, 2, 2)
+		if err != nil {
+			return err
+		}
+		return c.decryptAge(*identity, pos)
+	}
 	in, k, out, err := inKeyOut(fs, args)
 	if err != nil {
 		return err

@@ -21,8 +21,12 @@ const usage = `usage: flarego COMMAND [arguments]
 
 Keys and files:
   keygen KEYFILE                  write a new Fernet key (as Fernet.generate_key())
-  encrypt IN KEYFILE OUT          encrypt a file into a Fernet token
+  keygen --age IDFILE             write a model owner's age identity; prints its recipient (age1…)
+  encrypt IN KEYFILE OUT          encrypt a file into a Fernet token (--recipient R IN OUT: an age file)
   decrypt IN KEYFILE OUT          decrypt a Fernet token (writes plaintext: you asked for it)
+                                  (--identity IDFILE IN OUT: an age file)
+  rotate FILE... --old K --new K2 re-encrypt in place under a new key, as MultiFernet.rotate
+                                  (--identity ID / --recipient R: the age equivalents)
   unseal [DIR] [-- CMD ARGS...]   check every *.enc under DIR against the FCP key, then run CMD
   pt inspect FILE [--key-file K]  list the tensors of a .pt or encrypted .pt
 
@@ -87,6 +91,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"keygen":   c.keygen,
 		"encrypt":  c.encrypt,
 		"decrypt":  c.decrypt,
+		"rotate":   c.rotate,
 		"unseal":   c.unseal,
 		"pt":       c.pt,
 		"bench":    c.bench,

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"filippo.io/age"
 	"github.com/flarego/flarego/fcp"
 	"github.com/flarego/flarego/model"
 	"github.com/flarego/flarego/persistor"
@@ -19,10 +20,12 @@ import (
 
 // modelFlags are the flags train and infer share.
 type modelFlags struct {
-	loc     fcp.Locations
-	spec    string
-	keyFile string
-	batch   int
+	loc        fcp.Locations
+	spec       string
+	keyFile    string
+	batch      int
+	identity   string   // age identity file: opens weights encrypted to an owner
+	recipients []string // age recipients (or recipients files): what is written is encrypted to them
 }
 
 func (c *command) modelFlags(fs interface {
@@ -35,7 +38,26 @@ func (c *command) modelFlags(fs interface {
 	fs.StringVar(&m.spec, "spec", "", "model spec (JSON, or encrypted JSON); default: the image's job architecture ($FLAREGO_APP, default /app, + /custom/network.json.enc) when there is one, else the built-in PneumoniaModel")
 	fs.StringVar(&m.keyFile, "key-file", "", "key file (default: the FCP secret_run_params.json)")
 	fs.IntVar(&m.batch, "batch", 4, "batch size")
+	fs.StringVar(&m.identity, "identity", "", "age identity file (flarego keygen --age) that opens weights encrypted to their owner")
 	return m
+}
+
+// identities reads --identity, if given.
+func (m *modelFlags) identities() ([]age.Identity, error) {
+	if m.identity == "" {
+		return nil, nil
+	}
+	return persistor.ReadIdentityFile(m.identity)
+}
+
+// readWeights reads a checkpoint: plain, a Fernet token (k) or an age file
+// (--identity).
+func (m *modelFlags) readWeights(path string, k *persistor.Key) (*persistor.Checkpoint, error) {
+	ids, err := m.identities()
+	if err != nil {
+		return nil, err
+	}
+	return persistor.ReadCheckpointFileWith(path, k, ids)
 }
 
 func (m *modelFlags) key() (*persistor.Key, error) {
@@ -74,6 +96,10 @@ func (c *command) train(args []string) error {
 	seed := fs.Uint64("seed", 1, "seed for initialisation, shuffling and augmentation")
 	weights := fs.String("weights", "", "initial weights (.pt or encrypted .pt); default: a fresh initialisation")
 	noAugment := fs.Bool("no-augment", false, "train without RandomRotation")
+	fs.Func("recipient", "encrypt the trained model to this age recipient (age1…, or a recipients file) instead of the Fernet key; repeatable", func(s string) error {
+		m.recipients = append(m.recipients, s)
+		return nil
+	})
 	if _, err := parse(fs, args, 0, 0); err != nil {
 		return err
 	}
@@ -109,6 +135,10 @@ func (c *command) train(args []string) error {
 	if err != nil {
 		return err
 	}
+	recipients, err := parseRecipientFlags(m.recipients)
+	if err != nil {
+		return err
+	}
 	if err := checkOutputDir(m.loc.Output); err != nil {
 		return err
 	}
@@ -125,7 +155,7 @@ func (c *command) train(args []string) error {
 	}
 	var sd *persistor.StateDict
 	if *weights != "" {
-		ck, err := persistor.ReadCheckpointFile(*weights, k)
+		ck, err := m.readWeights(*weights, k)
 		if err != nil {
 			return err
 		}
@@ -155,11 +185,15 @@ func (c *command) train(args []string) error {
 		return fmt.Errorf("not saving the weights: %w", err)
 	}
 	out := m.loc.GlobalModel()
-	p := &persistor.SecuredPersistor{Path: out, Key: k, ModelName: spec.Name}
+	p := &persistor.SecuredPersistor{Path: out, Key: k, Recipients: recipients, ModelName: spec.Name}
 	if err := p.Save(&persistor.Checkpoint{Model: net.StateDict()}); err != nil {
 		return err
 	}
-	fmt.Fprintf(c.stderr, "%d steps per epoch; wrote %s (encrypted)\n", steps, out)
+	if len(recipients) > 0 {
+		fmt.Fprintf(c.stderr, "%d steps per epoch; wrote %s (age, to %d recipient(s))\n", steps, out, len(recipients))
+	} else {
+		fmt.Fprintf(c.stderr, "%d steps per epoch; wrote %s (encrypted)\n", steps, out)
+	}
 	return nil
 }
 
@@ -175,7 +209,7 @@ func (c *command) infer(args []string) error {
 	if err != nil {
 		return err
 	}
-	ck, err := persistor.ReadCheckpointFile(pos[0], k)
+	ck, err := m.readWeights(pos[0], k)
 	if err != nil {
 		return err
 	}

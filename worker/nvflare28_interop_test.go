@@ -13,18 +13,6 @@ import (
 	peertool "github.com/flarego/flarego/internal/peer"
 )
 
-// buildFlarego builds the command into a temporary folder.
-func buildFlarego(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "flarego")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("building flarego: %v\n%s", err, out)
-	}
-	return bin
-}
-
 // nvflare28Job runs the real NVFlare 2.8.1 server (with its admin API
 // submitting hello-numpy-sag, 3 rounds) and two `flarego client`s in
 // place of NVFlare's, started in their kit folders as start.sh would

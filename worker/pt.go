@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"filippo.io/age"
 	"github.com/flarego/flarego/fcp"
 	"github.com/flarego/flarego/persistor"
 	"github.com/flarego/flarego/persistor/pickle"
@@ -13,8 +14,9 @@ func (c *command) pt(args []string) error {
 	if len(args) == 0 || args[0] != "inspect" {
 		return fmt.Errorf("%w: want 'pt inspect FILE [--key-file K]'", errUsage)
 	}
-	fs := c.flags("pt inspect", "FILE [--key-file K]")
+	fs := c.flags("pt inspect", "FILE [--key-file K | --identity ID]")
 	keyFile := fs.String("key-file", "", "key for an encrypted FILE (default: the FCP secret_run_params.json)")
+	identity := fs.String("identity", "", "age identity for a FILE encrypted to its owner")
 	pos, err := parse(fs, args[1:], 1, 1)
 	if err != nil {
 		return err
@@ -38,10 +40,17 @@ func (c *command) pt(args []string) error {
 			return err
 		}
 	}
-	data, err := persistor.ReadMaybeEncrypted(name, k)
+	var ids []age.Identity
+	if *identity != "" {
+		if ids, err = persistor.ReadIdentityFile(*identity); err != nil {
+			return err
+		}
+	}
+	data, err := persistor.ReadSealedUpTo(name, k, ids, 64<<30, "a model file")
 	if err != nil {
 		return err
 	}
+	isAge, _ := persistor.IsAgeFile(name)
 	v, err := persistor.DecodePT(data)
 	if err != nil {
 		return fmt.Errorf("reading %s: %w", name, err)
@@ -50,6 +59,8 @@ func (c *command) pt(args []string) error {
 	state := "plain"
 	if encrypted {
 		state = "encrypted (Fernet), decrypted in memory"
+	} else if isAge {
+		state = "encrypted to its owner (age), decrypted in memory"
 	}
 	fmt.Fprintf(w, "file: %s (%s)\n", name, state)
 	if ck, err := persistor.CheckpointOf(v); err == nil {

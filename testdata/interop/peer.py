@@ -7,6 +7,8 @@ with a message.
 
   peer.py fernet-encrypt KEYFILE IN OUT        Fernet(key).encrypt(IN) -> OUT
   peer.py fernet-decrypt KEYFILE IN OUT        Fernet(key).decrypt(IN) -> OUT
+  peer.py fernet-rotated OLD NEW ORIG ROTATED  ROTATED is what MultiFernet([NEW, OLD]).rotate(ORIG) stands for:
+                                                NEW opens it to ORIG's plaintext, OLD does not, same timestamp
   peer.py pt-check PT MANIFEST                 torch.load(PT) matches MANIFEST (torch >= 2.6: the default
                                                 load, weights_only; older: weights_only=True)
   peer.py pt-make DIR                          write .pt files torch-side + DIR/manifest.json
@@ -98,6 +100,21 @@ def main():
         data = open(args[1], "rb").read()
         out = f.encrypt(data) if cmd == "fernet-encrypt" else f.decrypt(data)
         open(args[2], "wb").write(out)
+    elif cmd == "fernet-rotated":
+        from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+        old, new = (Fernet(open(a, "rb").read()) for a in args[:2])
+        orig, rotated = (open(a, "rb").read() for a in args[2:4])
+        theirs = MultiFernet([new, old]).rotate(orig)
+        if new.decrypt(rotated) != old.decrypt(orig) or new.decrypt(theirs) != new.decrypt(rotated):
+            sys.exit("rotated token does not hold the original plaintext")
+        if new.extract_timestamp(rotated) != old.extract_timestamp(orig) or new.extract_timestamp(theirs) != new.extract_timestamp(rotated):
+            sys.exit("timestamps differ: %d, want %d" % (new.extract_timestamp(rotated), old.extract_timestamp(orig)))
+        try:
+            old.decrypt(rotated)
+            sys.exit("the old key still opens the rotated token")
+        except InvalidToken:
+            pass
+        print("rotated as MultiFernet.rotate, timestamp %d" % new.extract_timestamp(rotated))
     elif cmd == "pt-check":
         import torch
         obj = tload(args[0])
