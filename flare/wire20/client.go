@@ -5,12 +5,14 @@ import (
 	"crypto/tls"
 	"fmt"
 	"strconv"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/encoding/gzip"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -32,7 +34,18 @@ type Wire struct {
 	// Gzip compresses requests, as NVFlare's "compression": "Gzip" does
 	// (the server answers in kind); on loopback it only costs time.
 	Gzip bool
+	// Keepalive is how often the client pings the server while a call is
+	// under way, and how long it waits for the answer. A network cut drops
+	// packets without a reset, so a call in flight would otherwise wait for
+	// ever on a dead connection; with pings it fails after Time + Timeout
+	// and the client retries on a new connection. Zero: DefaultKeepalive.
+	Keepalive keepalive.ClientParameters
 }
+
+// DefaultKeepalive pings once a minute while a call is under way (flarego's
+// server allows a ping every 10 s): a dead connection fails its call within
+// 80 s.
+var DefaultKeepalive = keepalive.ClientParameters{Time: time.Minute, Timeout: 20 * time.Second}
 
 // DefaultProject is the project name a client names when it has none
 // (NVFlare 2.0's POC project).
@@ -53,6 +66,11 @@ func (w Wire) Dial(target string) (flare.ClientTransport, error) {
 		callOpts = append(callOpts, grpc.UseCompressor(gzip.Name))
 	}
 	opts = append(opts, grpc.WithDefaultCallOptions(callOpts...))
+	ka := w.Keepalive
+	if ka.Time == 0 {
+		ka = DefaultKeepalive
+	}
+	opts = append(opts, grpc.WithKeepaliveParams(ka))
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, err
