@@ -136,4 +136,3 @@ func TestCallOnDeadConnectionFails(t *testing.T) {
 		t.Fatalf("next call: %v, %v", task, err)
 	}
 }
-
