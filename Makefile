@@ -8,7 +8,7 @@ BIN       := bin/flarego
 # Debian packages the interop checks run against (the real peers).
 PY_DEBS   := python3-torch python3-torchvision python3-cryptography python3-numpy libjemalloc2 \
              python3-msgpack python3-grpcio python3-protobuf python3-psutil python3-yaml python3-requests \
-             age python3-pydicom libgdcm-tools protobuf-compiler
+             age python3-pydicom python3-pil libgdcm-tools protobuf-compiler
 
 .PHONY: all build image test race fuzz interop interop-nvflare-main interop-nvflare-recipe python-peers debian13-root bench demo proto lint clean
 
@@ -66,7 +66,7 @@ debian13-root:
 # Cross-checks against the real peers: Python's cryptography and torch 1.13, and NVFlare 2.8.1
 # with torch 2.6 in the Debian 13 root.
 interop: python-peers debian13-root
-	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -v -run Interop ./persistor ./model ./flare/... ./worker
+	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -v -run Interop ./persistor ./model/... ./flare/... ./worker
 
 # hello-numpy-sag on a real NVFlare main (2.9.0dev) server with two flarego
 # sites, in a Debian forky root (NVFlare main needs cryptography >= 42),

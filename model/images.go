@@ -18,6 +18,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/flarego/flarego/model/dicom"
 	"github.com/flarego/flarego/persistor"
 	_ "golang.org/x/image/bmp"
 	_ "golang.org/x/image/tiff"
@@ -69,18 +70,24 @@ func decodedBytesPerPixel(m color.Model, format string) int64 {
 // LoadRGB decodes an image file and converts it to RGB as PIL's
 // Image.convert("RGB") does: grey is replicated, alpha dropped, 16-bit
 // samples clipped to 255 (PIL's I;16 → L conversion clips, it does not scale).
+// A DICOM file (.dcm, or any file with the DICM preamble) is mapped to
+// 8-bit grey first, see loadDICOM.
 func LoadRGB(path string) (*RGB, error) {
 	f, err := persistor.OpenRegular(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err != nil {
+	st, err := f.Stat()
+	if err != nil {
 		return nil, err
 	} else if st.Size() > maxImageBytes {
 		return nil, fmt.Errorf("%s: file of %d MiB is larger than an image may be (%d MiB)", path, st.Size()>>20, maxImageBytes>>20)
 	}
 	br := bufio.NewReader(f)
+	if isDICOM(path, br) {
+		return loadDICOM(f, path, st.Size())
+	}
 	cfg, format, err := image.DecodeConfig(br)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -100,6 +107,43 @@ func LoadRGB(path string) (*RGB, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return toRGB(img), nil
+}
+
+// isDICOM says whether path is a DICOM file: named .dcm (in any case), or
+// with "DICM" after a 128-byte preamble (DICOM Part 10).
+func isDICOM(path string, br *bufio.Reader) bool {
+	if strings.EqualFold(filepath.Ext(path), ".dcm") {
+		return true
+	}
+	b, err := br.Peek(132)
+	return err == nil && string(b[128:]) == "DICM"
+}
+
+// loadDICOM decodes the grey image of a DICOM file with model/dicom and
+// maps it to 8 bits (dicom.Image.Gray8: rescale, the first VOI window or
+// min–max, MONOCHROME1 inverted), grey replicated to RGB. It costs 8 bytes
+// a pixel: the stored values (4), the 8-bit image (1), the RGB copy (3);
+// the header is read first so that an image too large is refused before
+// anything is allocated for it.
+func loadDICOM(f *os.File, path string, size int64) (*RGB, error) {
+	if _, err := f.Seek(0, io.SeekStart); err != nil { // after the sniffing
+		return nil, err
+	}
+	cfg, err := dicom.DecodeConfig(bufio.NewReader(f), size)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if need := int64(cfg.Rows) * int64(cfg.Columns) * (4 + 1 + 3); need > maxImageBytes {
+		return nil, fmt.Errorf("%s: %dx%d DICOM image would take %d MiB to decode (at most %d MiB)", path, cfg.Columns, cfg.Rows, need>>20, maxImageBytes>>20)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return nil, err
+	}
+	img, err := dicom.Decode(bufio.NewReader(f), size)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return toRGB(img.Gray8()), nil
 }
 
 func toRGB(img image.Image) *RGB {
@@ -354,9 +398,14 @@ type Sample struct {
 	Class int
 }
 
-// imageExts are torchvision's IMG_EXTENSIONS.
+// imageExts are torchvision's IMG_EXTENSIONS, and .dcm.
+//
+// .dcm (DICOM, read by LoadRGB through model/dicom) is flarego's own
+// addition, not torchvision's: a torchvision ImageFolder of the same
+// folder does not list the .dcm files.
 var imageExts = map[string]bool{".jpg": true, ".jpeg": true, ".png": true, ".ppm": true, ".bmp": true,
-	".pgm": true, ".tif": true, ".tiff": true, ".webp": true}
+	".pgm": true, ".tif": true, ".tiff": true, ".webp": true,
+	".dcm": true}
 
 // ImageFolder lists root as torchvision's ImageFolder does: classes are the
 // sorted sub-directory names, samples are the image files under each,
