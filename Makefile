@@ -66,7 +66,7 @@ debian13-root:
 # Cross-checks against the real peers: Python's cryptography and torch 1.13, and NVFlare 2.8.1
 # with torch 2.6 in the Debian 13 root.
 interop: python-peers debian13-root
-	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -v -run Interop ./persistor ./model/... ./flare/... ./worker
+	PYTHON=$(PYTHON) $(GO) test -tags interop -count=1 -v -run Interop ./persistor ./model/... ./internal/... ./flare/... ./worker
 
 # hello-numpy-sag on a real NVFlare main (2.9.0dev) server with two flarego
 # sites, in a Debian forky root (NVFlare main needs cryptography >= 42),

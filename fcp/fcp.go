@@ -76,6 +76,9 @@ type Locations struct {
 	// Key, when set, is the key file a command was given (--key-file):
 	// KeyPath is then that file, not the FCP lookup.
 	Key string
+	// TBLogs, when set, is the TensorBoard directory a command was given
+	// (--tb-logs); TensorBoardDir says where the event files go.
+	TBLogs string
 }
 
 // Default returns the FCP paths, each moved by its environment variable

@@ -215,12 +215,19 @@ func ReadParamsRecipients(name string) ([]age.Recipient, error) {
 
 // IsAgeFile reports whether the named regular file is an age file.
 func IsAgeFile(path string) (bool, error) {
+	head, err := fileHead(path)
+	return IsAge(head), err
+}
+
+// fileHead is the first 64 bytes of the named regular file (fewer if it
+// is shorter): enough to tell a token, an age file and a .pt apart.
+func fileHead(path string) ([]byte, error) {
 	f, err := OpenRegular(path)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	defer f.Close()
 	head := make([]byte, 64)
 	n, _ := io.ReadFull(f, head)
-	return IsAge(head[:n]), nil
+	return head[:n], nil
 }

@@ -244,14 +244,8 @@ func ReadMaybeEncryptedUpTo(path string, k *Key, max int64, what string) ([]byte
 // IsSealedFile reports whether the named regular file holds a Fernet token
 // or an age file.
 func IsSealedFile(path string) (bool, error) {
-	f, err := OpenRegular(path)
-	if err != nil {
-		return false, err
-	}
-	defer f.Close()
-	head := make([]byte, 64)
-	n, _ := io.ReadFull(f, head)
-	return IsToken(head[:n]) || IsAge(head[:n]), nil
+	head, err := fileHead(path)
+	return IsToken(head) || IsAge(head), err
 }
 
 // ReadSealedUpTo is ReadMaybeEncryptedUpTo for a file that may also be

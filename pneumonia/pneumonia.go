@@ -174,6 +174,10 @@ type Config struct {
 	Input      string // the site's FCP input root: the trainer's images
 	Output     string // the FCP output root the persistor's "/output/..." moves to
 	Logf       func(format string, a ...any)
+	// TBLogs, when set, is the TensorBoard folder: the trainer writes its
+	// curves into TBLogs/Site (see curves.go).
+	TBLogs string
+	Site   string
 }
 
 // Registry builds the job's components: the trainer for a site whose
@@ -197,7 +201,8 @@ func Registry(c Config) *flare.Registry {
 				if err != nil {
 					return nil, err
 				}
-				return &trainer{spec: spec, input: c.Input, lr: args.LR, epochs: args.Epochs, batch: args.Batch, logf: logf}, nil
+				return &trainer{spec: spec, input: c.Input, lr: args.LR, epochs: args.Epochs, batch: args.Batch, logf: logf,
+					curves: newCurves(c.TBLogs, c.Site, logf)}, nil
 			},
 		},
 		Persistors: map[string]func(json.RawMessage) (flare.ModelPersistor, error){
@@ -238,6 +243,7 @@ type trainer struct {
 	mu      sync.Mutex
 	last    *persistor.StateDict
 	samples []model.Sample
+	curves  *curves // TensorBoard event files, or nil
 }
 
 func (t *trainer) Execute(ctx context.Context, task string, data *flare.Shareable, fl *flare.FLContext) (*flare.Shareable, error) {
@@ -275,8 +281,10 @@ func (t *trainer) Execute(ctx context.Context, task string, data *flare.Shareabl
 	if task == "validate" {
 		return t.validate(ctx, net, samples, data.HeaderString(flare.HeaderModelOwner))
 	}
+	round := t.curves.round(data)
+	var final model.EpochStats
 	steps, err := model.Train(ctx, net, samples, model.TrainConfig{Epochs: t.epochs, LR: t.lr, Batch: t.batch, Seed: uint64(time.Now().UnixNano()), Augment: true,
-		Progress: func(s model.EpochStats) { t.logf("%s", s) },
+		Progress: func(s model.EpochStats) { t.logf("%s", s); t.curves.epoch(round, s); final = s },
 		Warn:     func(m string) { t.logf("warning: %s", m) }})
 	if err != nil {
 		return nil, err
@@ -289,7 +297,8 @@ func (t *trainer) Execute(ctx context.Context, task string, data *flare.Shareabl
 	t.mu.Lock()
 	t.last = sd
 	t.mu.Unlock()
-	out.DXO = flare.WeightsDXO(sd, &pickle.Dict{Items: []pickle.Item{{Key: flare.MetaNumStepsCurrentRound, Value: int64(steps)}}})
+	out.DXO = flare.WeightsDXO(sd, &pickle.Dict{Items: []pickle.Item{{Key: flare.MetaNumStepsCurrentRound, Value: int64(steps)},
+		{Key: MetaTrainLoss, Value: final.Loss}, {Key: MetaTrainAccuracy, Value: final.Accuracy}}})
 	return out, nil
 }
 
@@ -321,6 +330,7 @@ func (t *trainer) validate(ctx context.Context, net *model.Net, samples []model.
 		owner = "an unnamed owner"
 	}
 	t.logf("validate: model of %s: accuracy %.1f%%, loss %.4f on %d images in %.1f s", owner, 100*ev.Accuracy, ev.Loss, ev.Images, time.Since(start).Seconds())
+	t.curves.validation(owner, ev.Accuracy, ev.Loss)
 	out := flare.NewShareable()
 	out.DXO = flare.MetricsDXO(pickle.Item{Key: MetricAccuracy, Value: ev.Accuracy}, pickle.Item{Key: MetricLoss, Value: ev.Loss},
 		pickle.Item{Key: MetricImages, Value: int64(ev.Images)})

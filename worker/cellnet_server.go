@@ -123,7 +123,7 @@ func (cs *cellnetServer) runtime(appDir, runDir, output string) (*server.Server,
 	if err != nil {
 		return nil, err
 	}
-	srv.Logf, srv.Project, srv.OutputDir = cs.logf, cs.kit.Project(), output
+	srv.Logf, srv.Project, srv.OutputDir, srv.TBLogs = cs.logf, cs.kit.Project(), output, cs.loc.TensorBoardDir()
 	return srv, nil
 }
 

@@ -44,6 +44,7 @@ func (c *command) simulate(args []string) error {
 	keyFile := fs.String("key-file", "", "key for the encrypted spec and the global model (default: the FCP secret_run_params.json)")
 	loc := fcp.Default()
 	fs.StringVar(&loc.Output, "output", loc.Output, "where the global model goes (the persistor's /output/...)")
+	fs.StringVar(&loc.TBLogs, "tb-logs", "", tbLogsUsage)
 	var sets stringList
 	fs.Var(&sets, "set", "override a workflow argument, e.g. --set wait_time_after_min_received=0 (repeatable)")
 	pos, err := parse(fs, args, 1, 1)
@@ -124,7 +125,7 @@ func (c *command) simulate(args []string) error {
 		return err
 	}
 	srv.Logf = func(format string, a ...any) { logf("server: "+format, a...) }
-	srv.OutputDir, srv.Wire = loc.Output, wire20.ServerWire{}
+	srv.OutputDir, srv.Wire, srv.TBLogs = loc.Output, wire20.ServerWire{}, loc.TensorBoardDir()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -138,7 +139,8 @@ func (c *command) simulate(args []string) error {
 	for i := 0; i < *n; i++ {
 		name := fmt.Sprintf("site-%d", i+1)
 		input := filepath.Join(*data, name)
-		reg := pneumonia.Registry(pneumonia.Config{JobDir: pos[0], Key: k, Input: input, Output: loc.Output, Logf: func(format string, a ...any) { logf(name+": "+format, a...) }})
+		reg := pneumonia.Registry(pneumonia.Config{JobDir: pos[0], Key: k, Input: input, Output: loc.Output, Logf: func(format string, a ...any) { logf(name+": "+format, a...) },
+			TBLogs: srv.TBLogs, Site: name})
 		tasks, err := clientTasks(job.Client, reg)
 		if err != nil {
 			return err
@@ -257,6 +259,7 @@ func (c *command) nvflareFlags(name string, args []string, loc *fcp.Locations) (
 	fs := c.flags(name, "-m WORKSPACE -s fed_"+name+".json [--set secure_train=true|false uid=SITE ...] --job APP_DIR")
 	fs.StringVar(&loc.Input, "input", loc.Input, "FCP input directory (the site's data and key)")
 	fs.StringVar(&loc.Output, "output", loc.Output, "FCP output directory")
+	fs.StringVar(&loc.TBLogs, "tb-logs", loc.TBLogs, tbLogsUsage)
 	ws := fs.String("m", ".", "workspace (the startup kit is WORKSPACE/startup/FILE)")
 	file := fs.String("s", "fed_"+name+".json", "startup kit file")
 	fs.StringVar(&job, "job", "", "the app folder (config/ and custom/) to run once; without it the "+name+" waits for the admin console to deploy apps (on an NVFlare 2.4+ server kit: for jobs submitted with NVFlare's admin tools or flarego admin --kit)")
@@ -366,7 +369,7 @@ func (c *command) server(args []string) error {
 			srv.HeartBeatTimeout = time.Duration(hb * float64(time.Second))
 		}
 	}
-	srv.Logf, srv.Project = logf, kit.Project()
+	srv.Logf, srv.Project, srv.TBLogs = logf, kit.Project(), loc.TensorBoardDir()
 	wire := wire20.ServerWire{}
 	secure := sets["secure_train"] == "true"
 	if secure {
@@ -451,7 +454,7 @@ func (c *command) client(args []string) error {
 		if job.Client == nil {
 			return nil, fmt.Errorf("%s: no config/config_fed_client.json", dir)
 		}
-		reg := pneumonia.Registry(pneumonia.Config{JobDir: dir, Key: k, Input: loc.Input, Output: loc.Output, Logf: logf})
+		reg := pneumonia.Registry(pneumonia.Config{JobDir: dir, Key: k, Input: loc.Input, Output: loc.Output, Logf: logf, TBLogs: loc.TensorBoardDir(), Site: name})
 		np.Register(reg)
 		tasks, err := clientTasks(job.Client, reg)
 		if err == nil && wrapExecutor != nil {

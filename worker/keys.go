@@ -114,14 +114,7 @@ func (c *command) decrypt(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := persistor.WriteFileAtomic(out, 0o600, func(w io.Writer) error {
-		_, err := w.Write(plain)
-		return err
-	}); err != nil {
-		return err
-	}
-	fmt.Fprintf(c.stderr, "decrypted %s -> %s (%d bytes, mode 0600)\n", in, out, len(plain))
-	return nil
+	return c.writePlain(in, out, plain)
 }
 
 // unseal is the container entrypoint step. The seed decrypted every *.enc
@@ -224,4 +217,17 @@ func (c *command) unseal(args []string) error {
 		fmt.Fprintf(c.stderr, "running flarego %s (for %s)\n", strings.Join(args, " "), strings.Join(cmd, " "))
 	}
 	return syscall.Exec(self, append([]string{"flarego"}, args...), os.Environ())
+}
+
+// writePlain writes what was decrypted from in to out, atomically and mode
+// 0600, and says so.
+func (c *command) writePlain(in, out string, plain []byte) error {
+	if err := persistor.WriteFileAtomic(out, 0o600, func(w io.Writer) error {
+		_, err := w.Write(plain)
+		return err
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stderr, "decrypted %s -> %s (%d bytes, mode 0600)\n", in, out, len(plain))
+	return nil
 }

@@ -34,6 +34,7 @@ The model:
   train [--epochs N --lr X ...]   local training on INPUT/datasets/<first>/file_data; writes OUTPUT/model_parameters.pt.enc
   infer WEIGHTS                   scores INPUT/file_data into OUTPUT/dataset.csv (INPUT/dataset.csv + Model_Score)
   samples DIR                     writes synthetic chest X-rays in the FCP input layout
+  report DIR [-o report.png]      the training curves under DIR (TensorBoard event files) as one PNG
 
 Federated learning (NVFlare 2.0 wire protocol):
   server -m WS -s fed_server.json [--job APP] [--set k=v]   the FL server (NVFlare's server_train flags);
@@ -98,6 +99,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		"train":    c.train,
 		"infer":    c.infer,
 		"samples":  c.samples,
+		"report":   c.report,
 		"simulate": c.simulate,
 		"server":   c.server,
 		"client":   c.client,

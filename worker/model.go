@@ -96,6 +96,7 @@ func (c *command) train(args []string) error {
 	seed := fs.Uint64("seed", 1, "seed for initialisation, shuffling and augmentation")
 	weights := fs.String("weights", "", "initial weights (.pt or encrypted .pt); default: a fresh initialisation")
 	noAugment := fs.Bool("no-augment", false, "train without RandomRotation")
+	fs.StringVar(&m.loc.TBLogs, "tb-logs", "", tbLogsUsage)
 	fs.Func("recipient", "encrypt the trained model to this age recipient (age1…, or a recipients file) instead of the Fernet key; repeatable", func(s string) error {
 		m.recipients = append(m.recipients, s)
 		return nil
@@ -124,8 +125,7 @@ func (c *command) train(args []string) error {
 	}
 	cfg := model.TrainConfig{
 		Epochs: *epochs, LR: *lr, Batch: m.batch, Seed: *seed, Augment: !*noAugment,
-		Progress: func(s model.EpochStats) { fmt.Fprintln(c.stderr, s) },
-		Warn:     func(msg string) { fmt.Fprintln(c.stderr, "warning:", msg) },
+		Warn: func(msg string) { fmt.Fprintln(c.stderr, "warning:", msg) },
 	}
 	if err := cfg.Check(); err != nil {
 		return fmt.Errorf("%w: %v (--epochs, --lr, --batch)", errUsage, err)
@@ -172,6 +172,9 @@ func (c *command) train(args []string) error {
 	}
 	fmt.Fprintf(c.stderr, "training %s on %d images in %d classes (%s) from %s; ready in %s\n",
 		spec.Name, len(samples), len(classes), strings.Join(classes, ", "), root, time.Since(start).Round(time.Millisecond))
+	curves := c.trainCurves(m.loc.TensorBoardDir())
+	defer curves.Close()
+	cfg.Progress = func(s model.EpochStats) { fmt.Fprintln(c.stderr, s); c.epochCurves(curves, s) }
 	ctx, stop := interruptible()
 	defer stop()
 	steps, err := model.Train(ctx, net, samples, cfg)

@@ -143,14 +143,7 @@ func (c *command) decryptAge(idFile string, pos []string) error {
 	if err != nil {
 		return err
 	}
-	if err := persistor.WriteFileAtomic(out, 0o600, func(w io.Writer) error {
-		_, err := w.Write(plain)
-		return err
-	}); err != nil {
-		return err
-	}
-	fmt.Fprintf(c.stderr, "decrypted %s -> %s (%d bytes, mode 0600)\n", in, out, len(plain))
-	return nil
+	return c.writePlain(in, out, plain)
 }
 
 // encryptAge is encrypt --recipient: IN OUT, an age file.

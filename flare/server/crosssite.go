@@ -168,6 +168,7 @@ func (s *Server) crossSiteEval(ctx context.Context, run *runState, global *persi
 	for _, line := range crossSiteTable(results) {
 		s.logf("  %s", line)
 	}
+	s.crossSiteCurves(run, results)
 	dir := s.crossValDir(run, args.CrossValDir)
 	if dir == "" {
 		return nil

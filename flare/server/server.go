@@ -45,6 +45,9 @@ type Server struct {
 	// EndGrace is how long a one-job server waits, after the last round,
 	// for live clients to fetch __end_run__ (default 10 s).
 	EndGrace time.Duration
+	// TBLogs, when set, is the TensorBoard folder: each run writes its
+	// per-round values and cross-site matrix into TBLogs/server (tblogs.go).
+	TBLogs string
 
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced on every state change
@@ -90,6 +93,7 @@ type runState struct {
 	lost        map[string]string // site → why it dropped out of the run
 	lostOrder   []string          // the sites of lost, in the order they were lost
 	cross       *crossSite        // CrossSiteModelEval after the rounds, or nil
+	curves      *runCurves        // TensorBoard event file, or nil
 	cancel      context.CancelFunc
 	err         error
 }
@@ -241,6 +245,7 @@ func (s *Server) workflow(ctx context.Context, run *runState) (err error) {
 			s.logf("run %d lost %d of %d site(s): %s", run.number, len(lost), sites, strings.Join(lost, "; "))
 		}
 	}()
+	defer s.startCurves(run)()
 	ck, err := run.persist.Load()
 	if err != nil {
 		return err
@@ -265,6 +270,7 @@ func (s *Server) workflow(ctx context.Context, run *runState) (err error) {
 			return fmt.Errorf("round %d/%d: saving the global model: %w", r+1, sag.NumRounds, err)
 		}
 		s.logf("round %d/%d done: aggregated %d result(s) (%.0f steps) in %.2f s; global model saved", r+1, sag.NumRounds, n, acc.total, time.Since(start).Seconds())
+		s.roundCurves(run, r, n, acc.total, time.Since(start).Seconds())
 	}
 	if run.cross != nil {
 		return s.crossSiteEval(ctx, run, global)
@@ -720,6 +726,7 @@ func (s *Server) submitUpdate(token string, result func() (*flare.Shareable, err
 	if err := run.acc.add(sh.DXO, steps); err != nil {
 		return refuse(err)
 	}
+	run.curves.add(sh.DXO, steps)
 	run.contributed[c.name] = true
 	s.notify()
 	s.logf("client %s: result for round %d accepted (%.0f steps)", c.name, run.round+1, steps)
