@@ -309,7 +309,22 @@ func federationOfContainers(t *testing.T, image, dir string) {
 			}
 		}
 	}
+	// After round 1 the server is restarted: the sites find it gone,
+	// register again and the job runs again from its start.
+	untilN := func(name, text string, n int) {
+		for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+			if logs, _ := docker("logs", name); strings.Count(logs, text) >= n {
+				return
+			} else if time.Now().After(deadline) {
+				t.Fatalf("%s never logged %q %d times:\n%s", name, text, n, logs)
+			}
+		}
+	}
 	until(net+"-server", "round 1/3 done: aggregated 2 result(s)")
+	if o, err := docker("restart", "-t", "3", net+"-server"); err != nil {
+		t.Fatalf("docker restart: %v\n%s", err, o)
+	}
+	untilN(net+"-server", "round 1/3 done: aggregated 2 result(s)", 2)
 	if o, err := docker("network", "disconnect", net, net+"-site-1"); err != nil {
 		t.Fatalf("docker network disconnect: %v\n%s", err, o)
 	}
@@ -330,6 +345,9 @@ func federationOfContainers(t *testing.T, image, dir string) {
 	for _, n := range []string{"server", "site-1"} {
 		rc, logs := wait(net + "-" + n)
 		t.Logf("%s: exit %d after %v", n, rc, time.Since(began).Round(100*time.Millisecond))
+		if n == "site-1" && !strings.Contains(logs, "registering again") {
+			t.Errorf("%s did not register again after the server's restart:\n%s", n, logs)
+		}
 		if n == "site-1" && (rc != 0 || !strings.Contains(logs, "no answer from the server") || !strings.Contains(logs, "answered after")) {
 			t.Errorf("site-1 did not say it lost and found the server (exit %d):\n%s", rc, logs)
 		}
