@@ -1,3 +1,5 @@
+//go:build !nogorgonia
+
 package model
 
 import (
@@ -43,6 +45,13 @@ func (net *Net) NewGraph(n int, train bool) (*Graph, error) {
 		return nil, err
 	}
 	gr := &Graph{net: net, n: n, g: G.NewGraph(), train: train}
+	// The ops get a mode of their own, not a pointer into gr: Gorgonia's
+	// tape machine has a finalizer, and a cycle through an object with a
+	// finalizer is never collected (machine → program → ops → gr → machine),
+	// so every graph and its net would stay in memory for good
+	// (TestGraphsAreFreed).
+	mode := new(bool)
+	*mode = train
 	in := append([]int{n}, net.Spec.Input...)
 	gr.x = G.NewTensor(gr.g, tensor.Float32, len(in), G.WithShape(in...), G.WithName("x"))
 	h := gr.x
@@ -53,7 +62,7 @@ func (net *Net) NewGraph(n int, train bool) (*Graph, error) {
 		}
 		out := append([]int{n}, shapes[i]...)
 		op := &layerOp{l: l, name: fmt.Sprintf("%s%d", net.Spec.Layers[i].Op, i), in: h.Shape().Clone(), out: out,
-			train: &gr.train, n: n, first: first}
+			train: mode, n: n, first: first}
 		if h, err = G.ApplyOp(op, h); err != nil {
 			return nil, fmt.Errorf("building layer %d: %w", i, err)
 		}
@@ -69,7 +78,14 @@ func (net *Net) NewGraph(n int, train bool) (*Graph, error) {
 	if gr.loss, err = G.ApplyOp(gr.ce, h); err != nil {
 		return nil, err
 	}
-	if _, err = G.Grad(gr.loss, gr.x); err != nil {
+	// The gradient flowing into the loss is this graph's own constant 1:
+	// gorgonia.Grad would add Gorgonia's package-level constant to the
+	// graph, and that node keeps a reference to every graph ever
+	// differentiated with it (its derivOf list only grows), so each graph,
+	// with its net's buffers, would stay in memory for good (120 MB a
+	// graph for PneumoniaModel at batch 4; TestGraphsAreFreed).
+	one := gr.g.AddNode(G.NewConstant(float32(1), G.WithName("dloss")))
+	if _, err = G.Backpropagate(G.Nodes{gr.loss}, G.Nodes{one}, G.Nodes{gr.x}); err != nil {
 		return nil, fmt.Errorf("differentiating the graph: %w", err)
 	}
 	gr.vm = G.NewTapeMachine(gr.g)
