@@ -15,7 +15,7 @@ PY_DEBS   := python3-torch python3-torchvision python3-cryptography python3-nump
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o $(BIN) ./worker
+	CGO_ENABLED=0 $(GO) build -trimpath -tags grpcnotrace -ldflags "-s -w" -o $(BIN) ./worker
 
 # The FCP container image, built without pulling anything: the architecture
 # (SPEC, default the pneumonia model) encrypted with KEY, the static binary
@@ -23,6 +23,10 @@ build:
 KEY   ?=
 SPEC  ?= testdata/pneumonia_spec.json
 IMAGE ?=
+# The image's binary leaves out the report (gonum/plot), Gorgonia's graph
+# machine (the same layer calls run directly, bit for bit the same) and
+# gRPC's tracing: 13.7 MB instead of 31.7 MB.
+export IMAGE_TAGS := noreport nogorgonia grpcnotrace
 image:
 	./scripts/image.sh "$(KEY)" "$(SPEC)" $(IMAGE)
 
@@ -32,6 +36,7 @@ test:
 	$(GO) vet ./...
 	$(GO) test ./...
 	GOEXPERIMENT= $(GO) test ./model/...
+	$(GO) test -tags "$(IMAGE_TAGS)" -run 'Graph|Train|Predict|Evaluate' ./model
 	$(GO) test -race ./persistor/... ./model/... ./flare/...
 	$(MAKE) --no-print-directory fuzz
 

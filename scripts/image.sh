@@ -24,8 +24,8 @@ IMAGE=${3:-flarego:$VERSION}
 
 ctx=out/image
 rm -rf "$ctx"; mkdir -p "$ctx/job/pneumonia/custom"
-echo "== building the static binary (CGO_ENABLED=0, GOEXPERIMENT=${GOEXPERIMENT-simd})"
-CGO_ENABLED=0 GOEXPERIMENT=${GOEXPERIMENT-simd} go build -trimpath -tags noreport -ldflags "-s -w" -o "$ctx/flarego" ./worker
+echo "== building the static binary (CGO_ENABLED=0, GOEXPERIMENT=${GOEXPERIMENT-simd}, -tags ${IMAGE_TAGS-noreport nogorgonia grpcnotrace})"
+CGO_ENABLED=0 GOEXPERIMENT=${GOEXPERIMENT-simd} go build -trimpath -tags "${IMAGE_TAGS-noreport nogorgonia grpcnotrace}" -ldflags "-s -w" -o "$ctx/flarego" ./worker
 echo "== checking the architecture and encrypting it with $KEY"
 "$ctx/flarego" encrypt "$SPEC" "$KEY" "$ctx/job/pneumonia/custom/network.json.enc" \
   || fail "could not encrypt $SPEC with $KEY (see above)"
