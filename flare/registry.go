@@ -56,6 +56,16 @@ type ModelPersistor interface {
 	Save(*persistor.Checkpoint) error
 }
 
+// A ResumablePersistor can also read back the last global model it saved,
+// which may have been saved by an earlier process: a one-job server that
+// was restarted goes on from it (server.Server.Resume). Last returns nil,
+// "" and no error when nothing was saved yet, and says where the model
+// is otherwise.
+type ResumablePersistor interface {
+	ModelPersistor
+	Last() (ck *persistor.Checkpoint, where string, err error)
+}
+
 // Registry maps NVFlare component paths to Go constructors. The seed
 // job's package (pneumonia) registers the trainer and the secured
 // persistor (they need the model package, which flare does not import).

@@ -76,6 +76,25 @@ func (p *SecuredPersistor) Load() (*Checkpoint, error) {
 // Save writes c as the global model.
 func (p *SecuredPersistor) Save(c *Checkpoint) error { return p.save(p.Path, c) }
 
+// Last reads the global model an earlier Save left at Path (perhaps in
+// another process): nil and no error when there is no file. A model sealed
+// to Recipients opens only with one of Identities.
+func (p *SecuredPersistor) Last() (*Checkpoint, string, error) {
+	if _, err := os.Lstat(p.Path); errors.Is(err, os.ErrNotExist) {
+		return nil, "", nil
+	}
+	if sealed, err := IsAgeFile(p.Path); err != nil {
+		return nil, p.Path, err
+	} else if sealed && len(p.Identities) == 0 {
+		return nil, p.Path, fmt.Errorf("%s is sealed to the model owners' recipients: this server holds no identity to read it", p.Path)
+	}
+	c, err := ReadCheckpointFileWith(p.Path, p.Key, p.Identities)
+	if err != nil {
+		return nil, p.Path, err
+	}
+	return c, p.Path, nil
+}
+
 // saveBest writes c as the best model so far.
 func (p *SecuredPersistor) saveBest(c *Checkpoint) error { return p.save(p.bestPath(), c) }
 

@@ -36,7 +36,7 @@ import (
 // every site as it comes) or the jobs submitted by NVFlare's admin tools,
 // kept in the job store (the kit's job_manager uri_root, as NVFlare's, or
 // WORKSPACE/jobs-storage).
-func (c *command) cellnetServer(kit *flare.StartupKit, sets map[string]string, jobDir string, k *persistor.Key, loc fcp.Locations) error {
+func (c *command) cellnetServer(kit *flare.StartupKit, sets map[string]string, jobDir string, k *persistor.Key, loc fcp.Locations, resume string) error {
 	if sch := kit.Servers[0].Service.Scheme; sch != "" && sch != "grpc" {
 		return fmt.Errorf("%s: scheme %q: flarego speaks NVFlare's gRPC driver only (provision with scheme: grpc)", kit.Path, flare.LogCut(sch))
 	}
@@ -64,7 +64,7 @@ func (c *command) cellnetServer(kit *flare.StartupKit, sets map[string]string, j
 		reg.Timeout = time.Duration(hb * float64(time.Second))
 	}
 	if jobDir != "" {
-		return cs.oneJob(reg, tlsCfg, jobDir)
+		return cs.oneJob(reg, tlsCfg, jobDir, resume)
 	}
 	return cs.jobs(reg, tlsCfg)
 }
@@ -135,7 +135,7 @@ func (cs *cellnetServer) mode(tlsOn bool) string {
 }
 
 // oneJob runs the job in jobDir, deployed to every site as it comes.
-func (cs *cellnetServer) oneJob(reg *register.Registrar, tlsCfg *tls.Config, jobDir string) error {
+func (cs *cellnetServer) oneJob(reg *register.Registrar, tlsCfg *tls.Config, jobDir, resume string) error {
 	app, err := deploy.SignedZip(jobDir, cs.signer, cs.certPEM)
 	if err != nil {
 		return err
@@ -145,6 +145,7 @@ func (cs *cellnetServer) oneJob(reg *register.Registrar, tlsCfg *tls.Config, job
 	if err != nil {
 		return err
 	}
+	srv.Resume = resume
 	name := filepath.Base(filepath.Clean(jobDir))
 	meta := jobs.Meta{JobID: jobID, Name: name, JobFolderName: name, DeployMap: map[string][]string{"app": {jobs.AllSites}},
 		SubmitterName: cs.cert.Subject.CommonName, SubmitterRole: "project_admin", Study: "default"}

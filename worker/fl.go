@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -255,8 +256,11 @@ func clientTasks(cfg *flare.ClientConfig, reg *flare.Registry) (map[string]flare
 // nvflareFlags parses the flags NVFlare's server_train / client_train take:
 // -m WORKSPACE -s fed_*.json --set k=v ..., plus --job (the app folder,
 // which NVFlare's admin would deploy) and --key-file.
-func (c *command) nvflareFlags(name string, args []string, loc *fcp.Locations) (kit *flare.StartupKit, sets map[string]string, job string, key *persistor.Key, err error) {
+func (c *command) nvflareFlags(name string, args []string, loc *fcp.Locations, more func(*flag.FlagSet)) (kit *flare.StartupKit, sets map[string]string, job string, key *persistor.Key, err error) {
 	fs := c.flags(name, "-m WORKSPACE -s fed_"+name+".json [--set secure_train=true|false uid=SITE ...] --job APP_DIR")
+	if more != nil {
+		more(fs)
+	}
 	fs.StringVar(&loc.Input, "input", loc.Input, "FCP input directory (the site's data and key)")
 	fs.StringVar(&loc.Output, "output", loc.Output, "FCP output directory")
 	fs.StringVar(&loc.TBLogs, "tb-logs", loc.TBLogs, tbLogsUsage)
@@ -305,9 +309,18 @@ func (c *command) nvflareFlags(name string, args []string, loc *fcp.Locations) (
 // The admin console listens on the kit's admin_port.
 func (c *command) server(args []string) error {
 	loc := fcp.Default()
-	kit, sets, jobDir, k, err := c.nvflareFlags("server", args, &loc)
+	var fresh bool
+	kit, sets, jobDir, k, err := c.nvflareFlags("server", args, &loc, func(fs *flag.FlagSet) {
+		fs.BoolVar(&fresh, "fresh", false, "with --job: start from round 1 even when the output folder holds the global model of an unfinished run of the same job (by default a restarted server goes on from it)")
+	})
 	if err != nil {
 		return err
+	}
+	resume := ""
+	if jobDir != "" && !fresh {
+		if resume, err = jobFingerprint(jobDir, sets); err != nil {
+			return err
+		}
 	}
 	recipients, err := loc.Recipients()
 	if err != nil {
@@ -319,7 +332,7 @@ func (c *command) server(args []string) error {
 		return err
 	}
 	if kit.CellNet() {
-		return c.cellnetServer(kit, sets, jobDir, k, loc)
+		return c.cellnetServer(kit, sets, jobDir, k, loc, resume)
 	}
 	wf, err := flare.ServerSets(sets)
 	if err != nil {
@@ -356,7 +369,7 @@ func (c *command) server(args []string) error {
 		if srv, err = server.New(cfg, reg); err != nil {
 			return err
 		}
-		srv.OutputDir = loc.Output
+		srv.OutputDir, srv.Resume = loc.Output, resume
 		// Clients that poll the admin channel (NVFlare's, or ours without
 		// --job) get the app deployed and started, as NVFlare's admin
 		// deploy_app and start_app do.
@@ -431,7 +444,7 @@ func (c *command) server(args []string) error {
 // client runs a site from a startup kit (NVFlare's client_train).
 func (c *command) client(args []string) error {
 	loc := fcp.Default()
-	kit, sets, jobDir, k, err := c.nvflareFlags("client", args, &loc)
+	kit, sets, jobDir, k, err := c.nvflareFlags("client", args, &loc, nil)
 	if err != nil {
 		return err
 	}

@@ -48,6 +48,12 @@ type Server struct {
 	// TBLogs, when set, is the TensorBoard folder: each run writes its
 	// per-round values and cross-site matrix into TBLogs/server (tblogs.go).
 	TBLogs string
+	// Resume, when set, names the job (a fingerprint of its app and
+	// settings): each global model is saved with it and its round in the
+	// checkpoint's meta_props, and a run whose persistor still holds an
+	// unfinished run's model of the same job goes on from the next round
+	// (resume.go).
+	Resume string
 
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced on every state change
@@ -250,9 +256,13 @@ func (s *Server) workflow(ctx context.Context, run *runState) (err error) {
 	if err != nil {
 		return err
 	}
-	global := ck.Model
 	sag := run.sag
-	for r := sag.StartRound; r < sag.NumRounds; r++ {
+	first := sag.StartRound
+	if last, r := s.resumed(run); last != nil {
+		ck, first = last, r
+	}
+	global := ck.Model
+	for r := first; r < sag.NumRounds; r++ {
 		start := time.Now()
 		if err := s.startRound(run, r, global); err != nil {
 			return err
@@ -266,6 +276,7 @@ func (s *Server) workflow(ctx context.Context, run *runState) (err error) {
 			return fmt.Errorf("round %d/%d: aggregating %d result(s): %w; the global model was not saved", r+1, sag.NumRounds, n, err)
 		}
 		ck.Model = global
+		s.markRound(ck, r, sag.NumRounds)
 		if err := run.persist.Save(ck); err != nil {
 			return fmt.Errorf("round %d/%d: saving the global model: %w", r+1, sag.NumRounds, err)
 		}
