@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/flarego/flarego/flare"
 	"github.com/flarego/flarego/flare/cellnet/msgpk"
@@ -49,14 +50,22 @@ type frames interface {
 	Recv() (*streamer.Frame, error)
 }
 
+// DefaultKeepalive is how a dialled connection finds out that the network
+// under it went away (no reset crosses a cut): after a minute in which
+// nothing arrived it pings, and without an answer in 20 s the connection
+// fails, so its cell reconnects. NVFlare's servers and flarego's allow it
+// (their heartbeat replies are traffic between the pings).
+var DefaultKeepalive = keepalive.ClientParameters{Time: time.Minute, Timeout: 20 * time.Second}
+
 // Dial connects to target (host:port) as the cell named local (an FQCN:
-// "site-1", "site-1.<job id>") and does the handshake.
+// "site-1", "site-1.<job id>") and does the handshake. The connection
+// pings as DefaultKeepalive says unless opts set keepalive.
 func Dial(ctx context.Context, target, local string, opts ...grpc.DialOption) (*Conn, error) {
 	if err := flare.CheckName("cell name", local); err != nil {
 		return nil, err
 	}
 	opts = append([]grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(sfm.MaxFrameBytes+64),
-		grpc.MaxCallSendMsgSize(sfm.MaxFrameBytes+64))}, opts...)
+		grpc.MaxCallSendMsgSize(sfm.MaxFrameBytes+64)), grpc.WithKeepaliveParams(DefaultKeepalive)}, opts...)
 	cc, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return nil, err

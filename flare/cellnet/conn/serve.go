@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/flarego/flarego/flare"
 	"github.com/flarego/flarego/flare/cellnet/msgpk"
@@ -40,9 +41,14 @@ type Server struct {
 func (s *Server) Register(g *grpc.Server) { streamer.RegisterStreamerServer(g, s) }
 
 // ServerOptions are the gRPC server options of a CellNet listener: frames
-// up to sfm.MaxFrameBytes.
+// up to sfm.MaxFrameBytes; keepalive pings from clients are allowed every
+// 10 s (flarego's sites ping after DefaultKeepalive.Time without traffic),
+// and the server pings a connection silent for a minute, dropping it when
+// 20 s pass without an answer.
 func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.MaxRecvMsgSize(sfm.MaxFrameBytes + 64), grpc.MaxSendMsgSize(sfm.MaxFrameBytes + 64)}
+	return []grpc.ServerOption{grpc.MaxRecvMsgSize(sfm.MaxFrameBytes + 64), grpc.MaxSendMsgSize(sfm.MaxFrameBytes + 64),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second})}
 }
 
 // ErrTooManyConns is the refusal of a connection past MaxConns.
