@@ -159,6 +159,12 @@ type ServerWire interface {
 // tells ServerWire.Serve to stop at once, dropping the calls in flight.
 var ErrStopNow = errors.New("server stopped")
 
+// ErrInterrupted, as the cause of a cancelled context, says that the
+// process is stopping on a signal (a container restarted, Ctrl-C), not
+// because its work is done or an operator shut the system down: a server
+// then leaves its sites running, to register again when it is back.
+var ErrInterrupted = errors.New("interrupted")
+
 // A ServerHandler is the server runtime as its wire calls it: one method
 // per call a client makes, each with the client's token ("" for none).
 // Its errors wrap a *CallError whose Kind the wire maps to its own codes

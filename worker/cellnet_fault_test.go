@@ -16,6 +16,7 @@ import (
 
 	"github.com/flarego/flarego/fcp"
 	"github.com/flarego/flarego/flare/npy"
+	"github.com/flarego/flarego/persistor"
 )
 
 // flaregoProc runs the flarego command (this test binary, as testscript
@@ -344,5 +345,61 @@ func TestFedAvgRecipeJobOnFlaregoServer28(t *testing.T) {
 		if want := float32(i+1) + 4.5; v != want {
 			t.Fatalf("global model %v, want the initial one + 4.5\n%s", got, tail(srvOut.String(), 40))
 		}
+	}
+}
+
+// A one-job server stopped by a signal (a container restart) leaves its
+// sites running, and started again goes on from the global model it saved:
+// the sites register again, the rounds left run, and the job ends.
+func TestOneJobServerInterruptedGoesOn(t *testing.T) {
+	port := freeTCPPort(t)
+	serverKit, sites := project28(t, port, "mtls", "site-1", "site-2")
+	td, _ := filepath.Abs(filepath.Join("..", "testdata"))
+	key := filepath.Join(td, "fernet", "key.txt")
+	dir := t.TempDir()
+	job := writeJob(t, dir, key)
+	output := filepath.Join(dir, "output")
+	os.MkdirAll(output, 0o755)
+	args := append(serverArgs(serverKit), "--key-file", key, "--output", output, "--job", job,
+		"wait_time_after_min_received=0", "num_rounds=3")
+	srv, srvOut := flaregoProc(t, serverKit, args...)
+	waitFor(t, "the server listening", 20*time.Second, srvOut, regexp.MustCompile(`listening on`))
+	var siteOuts []*syncBuffer
+	for i, kit := range sites {
+		var out bytes.Buffer
+		input := filepath.Join(kit, "input")
+		if rc := run([]string{"samples", "--n", "4", "--seed", fmt.Sprint(i + 1), input}, &out, &out); rc != 0 {
+			t.Fatal(out.String())
+		}
+		name := filepath.Base(kit)
+		_, o := flaregoProc(t, kit, "client", "-m", kit, "-s", "fed_client.json", "--set", "secure_train=true", "uid="+name, "config_folder=config",
+			"--key-file", key, "--input", input, "--output", filepath.Join(kit, "output"))
+		siteOuts = append(siteOuts, o)
+	}
+	waitFor(t, "round 1 saved", 60*time.Second, srvOut, regexp.MustCompile(`round 1/3 done`))
+	srv.Process.Signal(syscall.SIGTERM)
+	srv.Wait()
+	if !strings.Contains(srvOut.String(), "the sites are left running") {
+		t.Errorf("the interrupted server did not say it leaves the sites:\n%s", tail(srvOut.String(), 20))
+	}
+	time.Sleep(time.Second)
+	for i, o := range siteOuts {
+		if s := o.String(); strings.Contains(s, "shut down by the server") {
+			t.Errorf("site-%d was shut down by the interrupted server:\n%s", i+1, tail(s, 20))
+		}
+	}
+	_, srvOut2 := flaregoProc(t, serverKit, args...)
+	waitFor(t, "resuming", 20*time.Second, srvOut2, regexp.MustCompile(`resuming: .* after round [12]/3; the run goes on from round [23]/3`))
+	waitFor(t, "the job's end", 120*time.Second, srvOut2, regexp.MustCompile(`round 3/3 done: aggregated 2 result`))
+	k, err := persistor.ReadKeyFile(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck, err := persistor.ReadCheckpointFile(filepath.Join(output, fcp.GlobalModelName), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ck.MetaProps == nil || !strings.Contains(fmt.Sprint(ck.MetaProps.Items), "{current_round 2}") {
+		t.Errorf("the last global model's meta_props: %v", ck.MetaProps)
 	}
 }

@@ -332,6 +332,13 @@ func (c *command) server(args []string) error {
 		return err
 	}
 	if kit.CellNet() {
+		if jobDir != "" {
+			// The job's global models go there: a missing or read-only
+			// folder fails now, not after the first round.
+			if err := checkOutputDir(loc.Output); err != nil {
+				return err
+			}
+		}
 		return c.cellnetServer(kit, sets, jobDir, k, loc, resume)
 	}
 	wf, err := flare.ServerSets(sets)

@@ -14,6 +14,7 @@ import (
 
 	"filippo.io/age"
 	"github.com/flarego/flarego/fcp"
+	"github.com/flarego/flarego/flare"
 	"github.com/flarego/flarego/model"
 	"github.com/flarego/flarego/persistor"
 )
@@ -85,7 +86,20 @@ func (m *modelFlags) keyAndSpec() (*persistor.Key, *model.Spec, error) {
 
 // interruptible returns a context cancelled by Ctrl-C / SIGTERM.
 func interruptible() (context.Context, context.CancelFunc) {
-	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		select {
+		case s := <-sig:
+			cancel(fmt.Errorf("%w by %v", flare.ErrInterrupted, s))
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sig)
+		cancel(context.Canceled)
+	}
 }
 
 func (c *command) train(args []string) error {

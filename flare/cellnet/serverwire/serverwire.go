@@ -8,7 +8,8 @@
 // (scheduler.check_resource, train.deploy with the app signed as NVFlare
 // signs a job, train.start_job) and their job cells (<site>.<job id>) are
 // answered by package jobserve for the job's runtime. When the hub stops,
-// every site still connected is told train.shutdown.
+// every site still connected is told train.shutdown, unless a signal
+// stopped it (flare.ErrInterrupted): then the sites wait for it to come back.
 //
 // Wire is the one-job form: a hub with one job, deployed to every site
 // as it comes.
@@ -196,7 +197,13 @@ func (h *Hub) Serve(ctx context.Context, lis net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
-	h.shutdownSites()
+	if errors.Is(context.Cause(ctx), flare.ErrInterrupted) {
+		// A signal, not the end of the work: the sites stay, to register
+		// again with the server when it is back (a container restart).
+		h.logf("server interrupted (%v): the sites are left running and will register again when it is back", context.Cause(ctx))
+	} else {
+		h.shutdownSites()
+	}
 	stopped := make(chan struct{})
 	go func() { g.GracefulStop(); close(stopped) }()
 	select {
@@ -665,12 +672,14 @@ func (w *Wire) Serve(ctx context.Context, lis net.Listener, h flare.ServerHandle
 	hub := &Hub{TLS: w.TLS, Registrar: w.Registrar, MaxModelBytes: w.MaxModelBytes, Logf: w.Logf}
 	hub.init()
 	j := hub.Job(w.JobID, w.Meta, func(string) ([]byte, error) { return w.App, nil }, nil)
-	hctx, stop := context.WithCancel(context.Background())
-	defer stop()
+	hctx, stop := context.WithCancelCause(context.Background())
+	defer stop(nil)
 	served := make(chan error, 1)
 	go func() { served <- hub.Serve(hctx, lis) }()
 	jerr := j.Serve(ctx, nil, h)
-	stop()
+	// The hub stops for the job's reason: at its end it shuts the sites
+	// down; on a signal (flare.ErrInterrupted) it leaves them running.
+	stop(context.Cause(ctx))
 	if err := <-served; err != nil {
 		return err
 	}
