@@ -21,8 +21,16 @@ import (
 )
 
 // project28 writes an NVFlare 2.4+ project in miniature: a root CA, the
-// server's kit (server1, on port) and sites' kits, as provisioning does.
+// server's kit (server1, on localhost:port) and sites' kits, as
+// provisioning does.
 func project28(t *testing.T, port int, sec string, sites ...string) (serverKit string, siteKits []string) {
+	t.Helper()
+	return project28On(t, "localhost", port, sec, sites...)
+}
+
+// project28On is project28 with the server at host:port (its certificate
+// names host).
+func project28On(t *testing.T, host string, port int, sec string, sites ...string) (serverKit string, siteKits []string) {
 	t.Helper()
 	rootKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	rootTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "root"}, IsCA: true, BasicConstraintsValid: true,
@@ -48,9 +56,9 @@ func project28(t *testing.T, port int, sec string, sites ...string) (serverKit s
 		leafAs(dir, pkix.Name{CommonName: cn}, certName, keyName, hosts...)
 	}
 	base := t.TempDir()
-	target := fmt.Sprintf("localhost:%d", port)
+	target := net.JoinHostPort(host, fmt.Sprint(port))
 	sdir := filepath.Join(base, "server1", "startup")
-	leaf(sdir, "server1", "server.crt", "server.key", "localhost")
+	leaf(sdir, "server1", "server.crt", "server.key", host)
 	b, _ := json.Marshal(map[string]any{"format_version": 2, "servers": []any{map[string]any{"name": "proj",
 		"service": map[string]any{"target": target, "scheme": "grpc"}, "admin_server": "server1", "admin_port": port,
 		"ssl_private_key": "server.key", "ssl_cert": "server.crt", "ssl_root_cert": "rootCA.pem", "connection_security": sec}}})
@@ -70,7 +78,7 @@ func project28(t *testing.T, port int, sec string, sites ...string) (serverKit s
 	leafAs(adir, pkix.Name{CommonName: "admin@nvidia.com", Organization: []string{"nvidia"},
 		ExtraNames: []pkix.AttributeTypeAndValue{{Type: []int{1, 2, 840, 113549, 1, 9, 2}, Value: "project_admin"}}}, "client.crt", "client.key")
 	b, _ = json.Marshal(map[string]any{"format_version": 1, "admin": map[string]any{"project_name": "proj", "username": "admin@nvidia.com",
-		"server_identity": "server1", "scheme": "grpc", "host": "localhost", "port": port, "connection_security": sec,
+		"server_identity": "server1", "scheme": "grpc", "host": host, "port": port, "connection_security": sec,
 		"download_dir": "transfer", "client_key": "client.key", "client_cert": "client.crt", "ca_cert": "rootCA.pem"}})
 	os.WriteFile(filepath.Join(adir, "fed_admin.json"), b, 0o600)
 	return filepath.Dir(sdir), siteKits
