@@ -302,7 +302,7 @@ func federationOfContainers(t *testing.T, image, dir, wire string) {
 		kit, input = kits[name], mk(name+"/input")
 		n := "2"
 		if name == "site-2" {
-			n = "40" // a round takes it seconds: long enough to be killed in
+			n = "150" // 300 images: a round takes it seconds, long enough to be killed in
 		}
 		if rc := run([]string{"samples", "--n", n, "--seed", name[len(name)-1:], input}, &out, &out); rc != 0 {
 			t.Fatal(out.String())
@@ -326,7 +326,13 @@ func federationOfContainers(t *testing.T, image, dir, wire string) {
 		if o, err := docker(append(append(args, image), cmd...)...); err != nil {
 			t.Fatalf("docker run %s: %v\n%s", name, err, o)
 		}
-		t.Cleanup(func() { docker("rm", "-f", name) })
+		t.Cleanup(func() {
+			if t.Failed() {
+				logs, _ := docker("logs", name)
+				t.Logf("the log of %s:\n%s", name, tail(logs, 40))
+			}
+			docker("rm", "-f", name)
+		})
 	}
 	wait := func(name string) (int, string) {
 		o, err := exec.Command("timeout", "300", "docker", "wait", name).Output()
@@ -375,6 +381,18 @@ func federationOfContainers(t *testing.T, image, dir, wire string) {
 		t.Fatalf("docker restart: %v\n%s", err, o)
 	}
 	untilN(net+"-server", "resuming: /output/model_parameters.pt.enc holds this job's global model after round ", 1)
+	// Both sites are back in the run before the next fault (a round with
+	// one live site ends with its result).
+	for _, text := range []string{"client site-1 registered", "client site-2 registered"} {
+		for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+			logs, _ := docker("logs", net+"-server")
+			if _, after, _ := strings.Cut(logs, "resuming: "); strings.Contains(after, text) {
+				break
+			} else if time.Now().After(deadline) {
+				t.Fatalf("the restarted server never logged %q:\n%s", text, logs)
+			}
+		}
+	}
 	// Then site-1 loses the network for 20 s: it retries, says so, and
 	// rejoins (a call in flight on the dead connection fails when its
 	// keepalive pings go unanswered).
@@ -404,7 +422,10 @@ func federationOfContainers(t *testing.T, image, dir, wire string) {
 			t.Errorf("site-1 did not say it lost and found the server (exit %d):\n%s", rc, logs)
 		}
 		if n == "server" {
-			if rc != 0 || !strings.Contains(logs, "client site-1: task train round 3") || !strings.Contains(logs, "round 3/3 done: aggregated 1 result(s)") {
+			// The rounds completed without site-2, and a run that lost a
+			// site says so and exits non-zero.
+			if rc == 0 || !strings.Contains(logs, "client site-1: task train round 3") || !strings.Contains(logs, "round 3/3 done: aggregated 1 result(s)") ||
+				!strings.Contains(logs, "lost 1 of 2 site(s): site-2") {
 				t.Errorf("server (exit %d) log:\n%s", rc, logs)
 			}
 			t.Logf("round 3 ended %v after site-2 was killed", time.Since(killed).Round(100*time.Millisecond))

@@ -539,3 +539,35 @@ func TestCrossSiteNonFiniteMetricRefused(t *testing.T) {
 	}
 	log.CheckLines(t, 400)
 }
+
+// A site that takes the round's task and is then gone without a word
+// (SIGKILL: no quit, no result, no __end_run__ fetched) is a site the run
+// lost, once the end of the run has waited for it.
+func TestVanishedSiteReported(t *testing.T) {
+	p := &flaretest.MemPersistor{Init: flaretest.InitModel()}
+	srv, _ := newTestServer(t, flaretest.ServerConfig(1, 1, 0), p)
+	addr, done := serveOn(t, srv) // EndGrace 1 s
+	defer srv.Stop()
+	gone, good := newRawSite(t, addr, "site-2"), newRawSite(t, addr, "site-1")
+	gone.task(t)
+	if err := good.submit(t, good.task(t), weightsResult(modelWith(5, 5, 5, 5), int64(1))); err != nil {
+		t.Fatal(err)
+	}
+	for { // site-1 ends the run as a client does
+		task, err := good.fl.GetTask(context.Background(), good.state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if task.TaskName == flare.TaskEndRun {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	lost, sites := srv.LostSites()
+	if len(lost) != 1 || !strings.HasPrefix(lost[0], "site-2: gone: no result for its last task and no __end_run__ fetched") || sites != 2 {
+		t.Fatalf("lost %q of %d", lost, sites)
+	}
+}

@@ -415,18 +415,28 @@ func (s *Server) liveClients() int {
 // kills its training process on shutdown: told earlier, that process dies
 // before it hears the run ended). Each wait ends after grace at most.
 func (s *Server) endRun(ctx context.Context, run *runState, grace time.Duration) error {
-	err := s.waitClients(ctx, grace, "fetch __end_run__", func(_ string, c *clientEntry) bool { return run.ended[c.name] })
+	missing, err := s.waitClients(ctx, grace, "fetch __end_run__", func(_ string, c *clientEntry) bool { return run.ended[c.name] })
 	if err != nil {
 		return err
 	}
+	// A site that had tasks of the run and is not there for its end has
+	// gone (killed mid-round, say) without the server hearing it leave.
+	s.mu.Lock()
+	for _, name := range missing {
+		if run.took[name] && !run.contributed[name] {
+			run.siteLost(name, fmt.Sprintf("gone: no result for its last task and no __end_run__ fetched within %s", grace))
+		}
+	}
+	s.mu.Unlock()
 	if err := s.waitAppsStopped(ctx, grace); err != nil {
 		return err
 	}
 	s.admin.shutdownPolled(s.runNumberString())
-	return s.waitClients(ctx, grace, "fetch the shutdown request", func(tok string, _ *clientEntry) bool {
+	_, err = s.waitClients(ctx, grace, "fetch the shutdown request", func(tok string, _ *clientEntry) bool {
 		polls, told := s.admin.delivered(tok, flare.TopicShutdown)
 		return !polls || told
 	})
+	return err
 }
 
 // waitAppsStopped asks the clients that poll the admin channel for their
@@ -473,7 +483,8 @@ func (s *Server) waitAppsStopped(ctx context.Context, grace time.Duration) error
 
 // waitClients waits until done holds for every live client (s.mu held
 // while it is called), or grace passes; then it names those it did not.
-func (s *Server) waitClients(ctx context.Context, grace time.Duration, what string, done func(token string, c *clientEntry) bool) error {
+// It returns the names of the clients still not done when grace passed.
+func (s *Server) waitClients(ctx context.Context, grace time.Duration, what string, done func(token string, c *clientEntry) bool) ([]string, error) {
 	deadline := time.Now().Add(grace)
 	for {
 		s.mu.Lock()
@@ -487,18 +498,18 @@ func (s *Server) waitClients(ctx context.Context, grace time.Duration, what stri
 		ch := s.changed
 		s.mu.Unlock()
 		if len(missing) == 0 {
-			return nil
+			return nil, nil
 		}
 		if !time.Now().Before(deadline) {
 			sort.Strings(missing)
 			s.logf("client(s) %s did not %s within %s", strings.Join(missing, ", "), what, grace)
-			return nil
+			return missing, nil
 		}
 		t := time.NewTimer(min(100*time.Millisecond, time.Until(deadline)))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return ctx.Err()
+			return nil, ctx.Err()
 		case <-ch:
 		case <-t.C:
 		}

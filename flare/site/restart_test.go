@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -44,6 +45,9 @@ type fakeServer struct {
 	// server ends of the job cells.
 	events     []string
 	jobStreams chan *stream.Streamer
+	// refuseJobDials is how many job cell dials fail (a network cut
+	// just after a deploy) before they are answered.
+	refuseJobDials int
 	// holdTasks, when set, leaves every get_task after the first
 	// unanswered until it is closed: a server job that has handed out
 	// its last task.
@@ -64,6 +68,13 @@ func (f *fakeServer) eventLog() []string {
 }
 
 func (f *fakeServer) dial(ctx context.Context, fqcn string) (cell.Link, error) {
+	f.mu.Lock()
+	if strings.Contains(fqcn, ".") && f.refuseJobDials > 0 {
+		f.refuseJobDials--
+		f.mu.Unlock()
+		return nil, errors.New("dial tcp 172.22.0.2:8002: connect: no route to host")
+	}
+	f.mu.Unlock()
 	a, b := cell.Pipe()
 	f.mu.Lock()
 	f.links = append(f.links, a)
@@ -350,5 +361,29 @@ func TestUnknownExecutorRefused(t *testing.T) {
 	}
 	if m := adminRequest(t, h.srv, "train.check_status", nil, ""); !strings.Contains(m.Body.(string), "0 job(s) running") {
 		t.Fatalf("status: %+v", m)
+	}
+}
+
+// The server cannot be reached when the site dials a job's cell just
+// after the deploy (a network cut): the site retries, says so, and the
+// job runs when the server answers again.
+func TestJobCellDialRetried(t *testing.T) {
+	p := celltest.NewPKI(t)
+	kit := writeKit(t, p)
+	f := &fakeServer{t: t, pki: p, parents: make(chan *cell.Cell, 4), taskGiven: make(chan string, 16), quits: make(chan string, 4), refuseJobDials: 3}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	h := runSite(ctx, t, f, kit, 50*time.Millisecond)
+	h.startJob(t)
+	select {
+	case who := <-f.taskGiven:
+		if who != "site-1.job1" {
+			t.Fatalf("task given to %s", who)
+		}
+	case <-ctx.Done():
+		t.Fatalf("the job cell asked for no task:\n%s", strings.Join(h.log.Lines(), "\n"))
+	}
+	if h.log.Count("job cell site-1.job1: waiting for the server") != 1 || h.log.Count("job cell site-1.job1 connected after") != 1 {
+		t.Fatalf("the site did not say it waited for the server:\n%s", strings.Join(h.log.Lines(), "\n"))
 	}
 }

@@ -277,6 +277,33 @@ func (s *Site) dial(ctx context.Context, fqcn string) (*cell.Cell, error) {
 	return cell.New(cn, fqcn), nil
 }
 
+// dialJobCell connects a job's cell, retrying while the server is
+// unreachable (a network cut just after the job was deployed), for at
+// most GiveUp.
+func (s *Site) dialJobCell(ctx context.Context, fqcn string) (*cell.Cell, error) {
+	start, backoff, logged := time.Now(), 200*time.Millisecond, false
+	for {
+		c, err := s.dial(ctx, fqcn)
+		if err == nil {
+			if logged {
+				s.logf("site %s: job cell %s connected after %s", s.Name, fqcn, time.Since(start).Round(time.Millisecond))
+			}
+			return c, nil
+		}
+		if ctx.Err() != nil || time.Since(start) > s.GiveUp {
+			return nil, fmt.Errorf("job cell %s: %w", fqcn, err)
+		}
+		if !logged {
+			s.logf("site %s: job cell %s: waiting for the server (%v); retrying, giving up in %s", s.Name, fqcn, err, s.GiveUp.Round(time.Second))
+			logged = true
+		}
+		if err := flare.Sleep(ctx, backoff); err != nil {
+			return nil, fmt.Errorf("job cell %s: %w", fqcn, err)
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
 // serve answers the server on c and heartbeats until c ends or the site
 // is shut down.
 func (s *Site) serve(ctx context.Context, c *cell.Cell) error {
@@ -485,9 +512,9 @@ func (w staticWire) Dial(string) (flare.ClientTransport, error) { return w.t, ni
 
 func (s *Site) runJob(ctx context.Context, j *job, tasks map[string]flare.Executor, auth *cell.Auth) error {
 	fqcn := s.Name + "." + j.id
-	c, err := s.dial(ctx, fqcn)
+	c, err := s.dialJobCell(ctx, fqcn)
 	if err != nil {
-		return fmt.Errorf("job cell %s: %w", fqcn, err)
+		return err
 	}
 	defer c.Close()
 	c.SetAuth(auth)
