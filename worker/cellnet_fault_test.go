@@ -235,6 +235,25 @@ func TestPneumoniaJobOnFlaregoServer28(t *testing.T) { pneumonia28(t, false) }
 // writes the matrix into the job's workspace.
 func TestPneumoniaCrossSiteOnFlaregoServer28(t *testing.T) { pneumonia28(t, true) }
 
+// pneumoniaSites starts a flarego site process for each 2.4+ kit, with 4
+// generated images of its own in KIT/input and the key file key; it
+// returns their outputs.
+func pneumoniaSites(t *testing.T, kits []string, key string) []*syncBuffer {
+	t.Helper()
+	var outs []*syncBuffer
+	for i, kit := range kits {
+		var out bytes.Buffer
+		input := filepath.Join(kit, "input")
+		if rc := run([]string{"samples", "--n", "4", "--seed", fmt.Sprint(i + 1), input}, &out, &out); rc != 0 {
+			t.Fatal(out.String())
+		}
+		_, o := flaregoProc(t, kit, "client", "-m", kit, "-s", "fed_client.json", "--set", "secure_train=true", "uid="+filepath.Base(kit),
+			"config_folder=config", "--key-file", key, "--input", input, "--output", filepath.Join(kit, "output"))
+		outs = append(outs, o)
+	}
+	return outs
+}
+
 func pneumonia28(t *testing.T, crossSite bool) {
 	port := freeTCPPort(t)
 	serverKit, sites := project28(t, port, "mtls", "site-1", "site-2")
@@ -254,16 +273,7 @@ func pneumonia28(t *testing.T, crossSite bool) {
 	}
 	_, srvOut := flaregoProc(t, serverKit, append(serverArgs(serverKit), "--key-file", key)...)
 	waitFor(t, "the server listening", 20*time.Second, srvOut, regexp.MustCompile(`listening on`))
-	for i, kit := range sites {
-		var out bytes.Buffer
-		input := filepath.Join(kit, "input")
-		if rc := run([]string{"samples", "--n", "4", "--seed", fmt.Sprint(i + 1), input}, &out, &out); rc != 0 {
-			t.Fatal(out.String())
-		}
-		name := filepath.Base(kit)
-		flaregoProc(t, kit, "client", "-m", kit, "-s", "fed_client.json", "--set", "secure_train=true", "uid="+name, "config_folder=config",
-			"--key-file", key, "--input", input, "--output", filepath.Join(kit, "output"))
-	}
+	pneumoniaSites(t, sites, key)
 	id := submitted.FindStringSubmatch(admin28(t, adminKit, "submit_job "+job))[1]
 	waitJob28(t, adminKit, id, "3m", srvOut)
 	dest := t.TempDir()
@@ -364,18 +374,7 @@ func TestOneJobServerInterruptedGoesOn(t *testing.T) {
 		"wait_time_after_min_received=0", "num_rounds=3")
 	srv, srvOut := flaregoProc(t, serverKit, args...)
 	waitFor(t, "the server listening", 20*time.Second, srvOut, regexp.MustCompile(`listening on`))
-	var siteOuts []*syncBuffer
-	for i, kit := range sites {
-		var out bytes.Buffer
-		input := filepath.Join(kit, "input")
-		if rc := run([]string{"samples", "--n", "4", "--seed", fmt.Sprint(i + 1), input}, &out, &out); rc != 0 {
-			t.Fatal(out.String())
-		}
-		name := filepath.Base(kit)
-		_, o := flaregoProc(t, kit, "client", "-m", kit, "-s", "fed_client.json", "--set", "secure_train=true", "uid="+name, "config_folder=config",
-			"--key-file", key, "--input", input, "--output", filepath.Join(kit, "output"))
-		siteOuts = append(siteOuts, o)
-	}
+	siteOuts := pneumoniaSites(t, sites, key)
 	waitFor(t, "round 1 saved", 60*time.Second, srvOut, regexp.MustCompile(`round 1/3 done`))
 	srv.Process.Signal(syscall.SIGTERM)
 	srv.Wait()
