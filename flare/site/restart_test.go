@@ -384,6 +384,8 @@ func TestJobCellDialRetried(t *testing.T) {
 		t.Fatalf("the job cell asked for no task:\n%s", strings.Join(h.log.Lines(), "\n"))
 	}
 	if h.log.Count("job cell site-1.job1: waiting for the server") != 1 || h.log.Count("job cell site-1.job1 connected after") != 1 {
-		t.Fatalf("the site did not say it waited for the server:\n%s", strings.Join(h.log.Lines(), "\n"))
+		t.Errorf("the site did not say it waited for the server:\n%s", strings.Join(h.log.Lines(), "\n"))
 	}
+	cancel() // the site stops, and its job with it, before the test ends
+	<-h.done
 }
